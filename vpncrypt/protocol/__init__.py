@@ -1,0 +1,4 @@
+"""The sans-IO protocol core: wire format, keys, AEAD, replay window, time sync and sessions.
+
+Nothing in this package touches sockets, files or clocks; time is always an argument.
+"""

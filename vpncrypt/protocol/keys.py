@@ -1,0 +1,63 @@
+"""Keys: the 256-bit pre-shared key per client (base64 text) and the per-direction key schedule.
+
+The schedule is HKDF-SHA256 (RFC 5869) from the standard library only, so the fast
+path needs no `cryptography`. Each direction gets its own 64-byte AES-SIV key bound
+to the protocol version, the direction, the server id and the client id: a packet
+can never be reflected to its sender, replayed to another server, or accepted under
+another client's id.
+"""
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import struct
+
+from .wire import VERSION
+
+PSK_LEN = 32
+SIV_KEY_LEN = 64  # AES-256-SIV: two AES-256 keys
+SALT = b"vpncrypt-v%d" % VERSION
+
+CLIENT_TO_SERVER = b"c2s"
+SERVER_TO_CLIENT = b"s2c"
+
+
+class KeyFormatError(ValueError):
+    """The text is not a base64-encoded 32-byte key."""
+
+
+def generate_key(rng=os.urandom) -> str:
+    return base64.b64encode(rng(PSK_LEN)).decode("ascii")
+
+
+def decode_key(text: str) -> bytes:
+    """Parse a base64 key; raises KeyFormatError with a message that never echoes the key."""
+    text = text.strip()
+    if not text:
+        raise KeyFormatError("key is empty")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise KeyFormatError("key is not valid base64") from None
+    if len(raw) != PSK_LEN:
+        raise KeyFormatError(f"key must decode to {PSK_LEN} bytes, got {len(raw)}")
+    return raw
+
+
+def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
+    prk = hmac.new(salt, ikm, hashlib.sha256).digest()
+    out, block, i = b"", b"", 0
+    while len(out) < length:
+        i += 1
+        block = hmac.new(prk, block + info + bytes([i]), hashlib.sha256).digest()
+        out += block
+    return out[:length]
+
+
+def direction_key(psk: bytes, direction: bytes, server_id: int, client_id: int) -> bytes:
+    if len(psk) != PSK_LEN:
+        raise KeyFormatError(f"key must be {PSK_LEN} bytes")
+    info = b"vpncrypt-v%d %s" % (VERSION, direction) + struct.pack(">IH", server_id, client_id)
+    return hkdf_sha256(psk, SALT, info, SIV_KEY_LEN)
