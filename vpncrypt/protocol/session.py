@@ -1,0 +1,231 @@
+"""Sessions: what the client and the server do with each packet, as pure decisions.
+
+`ClientSession` and `ServerCore` turn (bytes, now) into sealed packets or into an
+`Opened`, `Dropped` or `Reply` decision. `now` is the caller's protocol clock in
+seconds (float); nothing here reads a clock, a socket or a file. The order of checks
+puts everything cheap (size, type, known client id, timestamp, read-only replay
+check) before any crypto, and the replay window moves only after authentication.
+"""
+
+import os
+from dataclasses import dataclass
+
+from . import keys, timesync, wire
+from .replay import ReplayWindow
+from .wire import FROM_SERVER, Drop, Kind
+
+SKEW_PROBE_WINDOWS = 48  # +-48 * 256 s (about +-3.4 h) searched to diagnose clock skew
+SKEW_PROBE_INTERVAL = 10.0  # seconds between diagnoses per sender (each costs ~100 opens)
+TIME_BURST = 4  # time-sync answers a client may get at once ...
+TIME_RATE = 1.0  # ... refilled at this many per second
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    client_id: int
+    kind: Kind
+    body: bytes
+    restarted: bool = False  # the sender restarted (new counter) and was re-accepted
+    clock_offset: float | None = None  # TIME_RESPONSE: correction for the client's clock
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    reason: Drop
+    client_id: int | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A packet to send back to the datagram's source (the time-sync answer)."""
+
+    client_id: int
+    packet: bytes
+
+
+class Sender:
+    """Seals packets in one direction; owns the 32-bit counter (random start, +1 per packet)."""
+
+    __slots__ = ("ctx", "direction", "counter")
+
+    def __init__(self, ctx, from_server: bool, counter: int):
+        self.ctx = ctx
+        self.direction = FROM_SERVER if from_server else 0
+        self.counter = counter & 0xFFFFFFFF
+
+    def seal(self, kind: Kind, body, now: float) -> bytes:
+        ptype = kind | self.direction
+        timestamp = 0 if ptype in wire.UNTIMED else int(now)
+        counter = self.counter
+        self.counter = (counter + 1) & 0xFFFFFFFF
+        return self.ctx.seal(ptype, timestamp, counter, body)
+
+
+class Receiver:
+    """Opens packets from one sender: freshness, replay window, authentication, skew diagnosis."""
+
+    __slots__ = ("ctx", "window", "next_probe")
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.window = ReplayWindow()
+        self.next_probe = 0.0
+
+    def open(self, packet, ptype: int, low8: int, counter: int, now: float):
+        client_id = self.ctx.client_id
+        if ptype in wire.UNTIMED:
+            body = self.ctx.open(packet, 0)
+            if body is None:
+                return Dropped(Drop.AUTH, client_id)
+            return Opened(client_id, Kind(ptype & ~FROM_SERVER), body)
+        timestamp = wire.full_timestamp(low8, int(now))
+        reason = self.window.check(timestamp, counter)
+        if reason is Drop.STALE:
+            # A sender whose clock is far off also looks stale here: say which it is.
+            return self._diagnose(packet, timestamp, now, Drop.STALE)
+        if reason is not None:
+            return Dropped(reason, client_id)
+        body = self.ctx.open(packet, timestamp)
+        if body is None:
+            return self._diagnose(packet, timestamp, now, Drop.AUTH)
+        restarted = self.window.accept(timestamp, counter)
+        return Opened(client_id, Kind(ptype & ~FROM_SERVER), body, restarted)
+
+    def _diagnose(self, packet, timestamp: int, now: float, reason: Drop):
+        """Tell a wrong key or old packet from a wrong clock by trying neighbouring 256-s
+        windows (rate-limited: each diagnosis costs up to ~100 opens)."""
+        client_id = self.ctx.client_id
+        if now < self.next_probe:
+            return Dropped(reason, client_id)
+        self.next_probe = now + SKEW_PROBE_INTERVAL
+        for k in range(1, SKEW_PROBE_WINDOWS + 1):
+            for shift in (256 * k, -256 * k):
+                if self.ctx.open(packet, timestamp + shift) is not None:
+                    return Dropped(
+                        Drop.CLOCK_SKEW,
+                        client_id,
+                        f"sender clock off by about {shift:+d} s (window is +-128 s)",
+                    )
+        return Dropped(reason, client_id)
+
+
+def _parse(packet, allowed_types):
+    """Header fields, or a Dropped for malformed/unknown-type packets."""
+    if not wire.check_size(len(packet)):
+        return Dropped(Drop.MALFORMED)
+    ptype, client_id, low8, counter = wire.unpack_header(packet)
+    if ptype not in allowed_types:
+        return Dropped(Drop.BAD_TYPE, client_id)
+    return ptype, client_id, low8, counter
+
+
+def _random_counter(rng) -> int:
+    return int.from_bytes(rng(4), "big")
+
+
+class ClientSession:
+    """The client's end: seals toward its server and opens what the server sends back."""
+
+    def __init__(self, client_id: int, server_id: int, psk: bytes, context_class, rng=os.urandom):
+        c2s = keys.direction_key(psk, keys.CLIENT_TO_SERVER, server_id, client_id)
+        s2c = keys.direction_key(psk, keys.SERVER_TO_CLIENT, server_id, client_id)
+        self.client_id = client_id
+        self.sender = Sender(context_class(c2s, client_id, server_id), False, _random_counter(rng))
+        self.receiver = Receiver(context_class(s2c, client_id, server_id))
+        self.clock = timesync.ClockSync()
+        self._rng = rng
+
+    def seal(self, kind: Kind, body, now: float) -> bytes:
+        return self.sender.seal(kind, body, now)
+
+    def time_request(self, now: float) -> bytes:
+        body = self.clock.request(self._rng(timesync.NONCE_LEN), now)
+        return self.sender.seal(Kind.TIME_REQUEST, body, now)
+
+    def open(self, packet, now: float):
+        fields = _parse(packet, wire.SERVER_TYPES)
+        if isinstance(fields, Dropped):
+            return fields
+        ptype, client_id, low8, counter = fields
+        if client_id != self.client_id:
+            return Dropped(Drop.UNKNOWN_CLIENT, client_id)
+        result = self.receiver.open(packet, ptype, low8, counter, now)
+        if isinstance(result, Opened) and result.kind == Kind.TIME_RESPONSE:
+            offset = self.clock.response(result.body, now)
+            if offset is None:
+                return Dropped(Drop.UNSOLICITED, client_id)
+            return Opened(client_id, Kind.TIME_RESPONSE, result.body, clock_offset=offset)
+        return result
+
+
+class _Peer:
+    __slots__ = ("psk", "sender", "receiver", "tokens", "refilled")
+
+    def __init__(self, psk, sender, receiver):
+        self.psk, self.sender, self.receiver = psk, sender, receiver
+        self.tokens, self.refilled = float(TIME_BURST), None
+
+
+class ServerCore:
+    """The server's end: one sender/receiver pair per configured client id."""
+
+    def __init__(self, server_id: int, context_class, rng=os.urandom):
+        self.server_id = server_id
+        self._ctx = context_class
+        self._rng = rng
+        self._peers: dict[int, _Peer] = {}
+
+    def set_client(self, client_id: int, psk: bytes) -> bool:
+        """Add or re-key a client. An unchanged key keeps its counters and replay state.
+
+        Returns True if anything changed.
+        """
+        peer = self._peers.get(client_id)
+        if peer is not None and peer.psk == psk:
+            return False
+        c2s = keys.direction_key(psk, keys.CLIENT_TO_SERVER, self.server_id, client_id)
+        s2c = keys.direction_key(psk, keys.SERVER_TO_CLIENT, self.server_id, client_id)
+        sender = Sender(self._ctx(s2c, client_id, self.server_id), True, _random_counter(self._rng))
+        receiver = Receiver(self._ctx(c2s, client_id, self.server_id))
+        self._peers[client_id] = _Peer(psk, sender, receiver)
+        return True
+
+    def remove_client(self, client_id: int) -> None:
+        self._peers.pop(client_id, None)
+
+    def client_ids(self):
+        return self._peers.keys()
+
+    def seal(self, client_id: int, kind: Kind, body, now: float) -> bytes:
+        return self._peers[client_id].sender.seal(kind, body, now)
+
+    def open(self, packet, now: float):
+        fields = _parse(packet, wire.CLIENT_TYPES)
+        if isinstance(fields, Dropped):
+            return fields
+        ptype, client_id, low8, counter = fields
+        peer = self._peers.get(client_id)
+        if peer is None:
+            return Dropped(Drop.UNKNOWN_CLIENT, client_id)
+        if ptype == Kind.TIME_REQUEST and not self._take_token(peer, now):
+            return Dropped(Drop.RATE_LIMITED, client_id)
+        result = peer.receiver.open(packet, ptype, low8, counter, now)
+        if isinstance(result, Opened) and result.kind == Kind.TIME_REQUEST:
+            body = timesync.response_body(result.body, now)
+            if body is None:
+                return Dropped(Drop.MALFORMED, client_id, "time-sync request of wrong size")
+            return Reply(client_id, peer.sender.seal(Kind.TIME_RESPONSE, body, now))
+        return result
+
+    @staticmethod
+    def _take_token(peer: _Peer, now: float) -> bool:
+        # The token is taken before authentication (cheap checks first); a forged request
+        # can therefore delay a real one by a few seconds but never cause an answer.
+        if peer.refilled is not None:
+            peer.tokens = min(TIME_BURST, peer.tokens + (now - peer.refilled) * TIME_RATE)
+        peer.refilled = now
+        if peer.tokens < 1:
+            return False
+        peer.tokens -= 1
+        return True

@@ -1,0 +1,54 @@
+"""Authenticated time for clients whose clock is wrong (a router without an RTC boots in 1970).
+
+The client sends TIME_REQUEST with a fresh random nonce and its own protocol time;
+the server answers TIME_RESPONSE with the nonce and its clock. Both are sealed with
+the client's keys but with timestamp 0 in the associated data, because neither side
+can rely on the other's clock yet; freshness comes from the nonce instead. The server
+keeps no state for it, and a response is exactly as large as its request (no
+amplification). The client keeps only the one outstanding nonce.
+"""
+
+import struct
+
+NONCE_LEN = 16
+BODY_LEN = NONCE_LEN + 8  # request and response bodies have the same size
+MAX_RTT = 10.0  # seconds; a slower answer is too imprecise (and likely a replay)
+
+_BODY = struct.Struct(">16sq")
+
+
+def request_body(nonce: bytes, now: float) -> bytes:
+    return _BODY.pack(nonce, int(now * 1_000_000))
+
+
+def response_body(request: bytes, now: float):
+    """The response to a request body, or None if the request is malformed."""
+    if len(request) != BODY_LEN:
+        return None
+    nonce, _ = _BODY.unpack(request)
+    return _BODY.pack(nonce, int(now * 1_000_000))
+
+
+class ClockSync:
+    """Client side: one request in flight; turns a matching response into a clock correction."""
+
+    __slots__ = ("nonce", "sent_at")
+
+    def __init__(self):
+        self.nonce = None
+        self.sent_at = 0.0
+
+    def request(self, nonce: bytes, now: float) -> bytes:
+        self.nonce, self.sent_at = nonce, now
+        return request_body(nonce, now)
+
+    def response(self, body: bytes, now: float):
+        """Seconds to add to the local protocol clock, or None if unsolicited/too late."""
+        if self.nonce is None or len(body) != BODY_LEN:
+            return None
+        nonce, server_us = _BODY.unpack(body)
+        rtt = now - self.sent_at
+        if nonce != self.nonce or not 0 <= rtt <= MAX_RTT:
+            return None
+        self.nonce = None  # one answer per request: a replayed response is unsolicited
+        return server_us / 1_000_000 - (self.sent_at + now) / 2
