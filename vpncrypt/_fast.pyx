@@ -250,6 +250,8 @@ cdef class SivContext:
         cdef int adl = AD_LEN
         cdef int ok
         cdef const uint8_t *src = &packet[0]
+        if src[3] != (timestamp & 0xFF):  # the header's timestamp byte is covered too
+            return None
         cdef uint8_t *dst = <uint8_t *>PyBytes_AS_STRING(out)
         with nogil:
             build_ad(ad, src, self.server_id, timestamp)

@@ -41,7 +41,9 @@ class ReferenceSivContext:
 
         if not wire.MIN_PACKET <= len(packet) <= wire.MAX_DATAGRAM:
             return None
-        ptype, client_id, _, counter = wire.unpack_header(packet)
+        ptype, client_id, low8, counter = wire.unpack_header(packet)
+        if low8 != timestamp & 0xFF:  # the header's timestamp byte is covered too
+            return None
         ad = wire.associated_data(ptype, client_id, self.server_id, timestamp, counter)
         try:
             return self._siv.decrypt(bytes(packet[wire.HEADER_LEN :]), [ad])

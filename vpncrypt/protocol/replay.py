@@ -49,9 +49,12 @@ class ReplayWindow:
         newest = self.newest
         ahead = (counter - self.top) & _MASK32
         behind = (self.top - counter) & _MASK32
-        if newest is None or not (0 < ahead <= MAX_JUMP or behind < WINDOW):
+        if newest is None:
+            self.top, self.bits, self.newest = counter, 1, timestamp
+            return False
+        if not (0 < ahead <= MAX_JUMP or behind < WINDOW):
             self.top, self.bits, self.floor, self.newest = counter, 1, timestamp, timestamp
-            return newest is not None
+            return True
         if 0 < ahead <= MAX_JUMP:
             self.bits = ((self.bits << ahead) | 1) & _WINDOW_MASK if ahead < WINDOW else 1
             self.top = counter
