@@ -1,0 +1,77 @@
+"""vpncryptd: the VPN daemon (server or client, decided by the configuration file).
+
+Usage:
+  vpncryptd -c FILE [--foreground] [--verbose] [--crypto=PATH]
+  vpncryptd --version
+  vpncryptd -h | --help
+
+Options:
+  -c FILE, --config=FILE  Configuration file (a [server] or a [client] section).
+  -f, --foreground        Stay in the foreground and log to stderr (else detach, log to syslog).
+  -v, --verbose           Debug logging.
+  --crypto=PATH           Force the crypto path: native or reference [default: auto].
+  --version               Print the version and exit.
+  -h, --help              This help.
+
+Signals: SIGTERM/SIGINT stop cleanly (the interface is removed); SIGHUP reloads the
+client table; SIGUSR1 logs the counters.
+"""
+
+import os
+import sys
+
+from .. import __version__
+from . import fail, parse_args
+
+PROG = "vpncryptd"
+
+
+def daemonize() -> None:
+    """Classic double fork: detach from the terminal and the session."""
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+
+
+def main(argv=None) -> None:
+    args = parse_args(__doc__, argv, f"vpncryptd {__version__}", PROG)
+    from .. import config as configmod
+    from ..daemon import logs
+    from ..daemon.runtime import FatalError
+
+    crypto = args["--crypto"]
+    if crypto not in ("auto", "native", "reference"):
+        fail(PROG, f"--crypto: unknown path '{crypto}' (native, reference or auto)")
+    try:
+        cfg = configmod.load(args["--config"])
+    except configmod.ConfigError as e:
+        fail(PROG, str(e))
+    if crypto == "native":
+        from ..protocol import aead
+
+        if aead.native_context() is None:
+            fail(PROG, "--crypto=native: the extension vpncrypt._fast is not built")
+    foreground = args["--foreground"]
+    logs.setup(args["--verbose"], foreground)
+    if cfg.role == "server":
+        from ..daemon.server import run
+    else:
+        from ..daemon.client import run
+    try:
+        if not foreground:
+            daemonize()
+        run(cfg, None if crypto == "auto" else crypto)
+    except FatalError as e:
+        logs.log.error("%s", e)
+        fail(PROG, str(e), 1)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,242 @@
+"""The client daemon: one server, found by name, kept reachable through NAT, clock synced to it."""
+
+import os
+import socket
+import threading
+import time
+
+from .. import config as configmod
+from ..protocol.session import ClientSession, Opened
+from ..protocol.wire import KEEPALIVE_BODY, Drop, Kind
+from .logs import kv, log
+from .runtime import BATCH, FatalError, Runtime, format_addr
+
+RESOLVE_EVERY = 300.0  # seconds between routine re-resolutions of the server's name
+SILENCE = 15.0  # server silent this long while we send: re-resolve and re-sync the clock
+RESYNC_EVERY = 600.0  # routine clock re-sync
+SYNC_RETRY = (1.0, 2.0, 4.0, 8.0, 15.0)  # seconds between unanswered time-sync requests
+
+
+def resolve(host: str, port: int):
+    """(family, sockaddr) for the server; raises OSError with the resolver's message."""
+    infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM)
+    # Prefer IPv4 when both exist: it has the larger tunnel MTU and works behind more NATs.
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr[:2]
+
+
+class Client(Runtime):
+    role = "client"
+
+    def __init__(self, config, crypto=None):
+        super().__init__(config, crypto)
+        self.session = ClientSession(config.id, config.server_id, config.key, self.context_class)
+        self.offset = 0.0  # seconds added to the local clock to get the server's time
+        self.synced = False
+        self.sync_attempt = 0
+        self.next_sync = 0.0
+        self.next_resolve = 0.0
+        self.last_rx = None  # monotonic time of the last authenticated packet
+        self.last_tx = 0.0
+        self.unanswered_since = None  # monotonic time of our first send since the last answer
+        self.last_recovery = 0.0
+        self.server = None  # (family, sockaddr)
+        self._resolving = False
+        self._resolved = None
+
+    def now(self) -> float:
+        """The protocol clock: the local clock corrected by time sync."""
+        return time.time() + self.offset
+
+    def start(self) -> None:
+        cfg = self.config
+        try:
+            self.server = resolve(cfg.server_host, cfg.server_port)
+        except OSError as e:
+            # A router may boot before its DNS works: keep going, retry in the background.
+            log.warning(kv("resolve-failed", server=cfg.server_host, error=e.strerror or e))
+        family = self.server[0] if self.server else socket.AF_INET
+        mtu = cfg.mtu or self.default_mtu(family, self.server[1][0] if self.server else None)
+        self.open_tun(mtu, cfg.routes)
+        self.sock = self.make_socket(family, ("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        server = format_addr(self.server[1]) if self.server else "unresolved"
+        log.info(
+            "client started: id %d, interface %s (%s, mtu %d), server %s (%s), server id %d, "
+            "keepalive %s, crypto %s",
+            cfg.id, self.tun.name, ", ".join(str(a) for a in cfg.addresses), mtu,
+            cfg.server_host, server, cfg.server_id,
+            f"{cfg.keepalive} s" if cfg.keepalive else "off", self.crypto_description(),
+        )
+        self.next_resolve = time.monotonic() + (RESOLVE_EVERY if self.server else 5.0)
+
+    # -- packets ------------------------------------------------------------------------------
+
+    def on_tun(self) -> None:
+        for _ in range(BATCH):
+            try:
+                packet = self.tun.read()
+            except (BlockingIOError, InterruptedError):
+                return
+            if self.server is None:
+                self.counters.drops[Drop.NO_ROUTE] += 1
+                continue
+            if len(packet) > self.mtu:
+                self.icmp_too_big(packet)
+                continue
+            if self.send_sealed(Kind.DATA, packet, time.monotonic()):
+                self.counters.tx_packets += 1
+                self.counters.tx_bytes += len(packet)
+
+    def on_udp(self) -> None:
+        sock, session = self.sock, self.session
+        for _ in range(BATCH):
+            try:
+                data, addr = sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            result = session.open(data, self.now())
+            if type(result) is not Opened:
+                self.drop(self.counters, result.reason, self.now(), addr, None, result.detail)
+                if result.reason == Drop.CLOCK_SKEW:
+                    self.request_sync(time.monotonic(), "the server's packets are outside our clock window")
+                continue
+            self.last_rx = time.monotonic()
+            self.unanswered_since = None
+            self.counters.rx_packets += 1
+            self.counters.rx_bytes += len(data)
+            if result.kind == Kind.DATA:
+                self.write_tun(result.body)
+            elif result.kind == Kind.TIME_RESPONSE:
+                self.apply_clock(result.clock_offset)
+
+    # -- clock --------------------------------------------------------------------------------
+
+    def request_sync(self, mono: float, why: str = "") -> None:
+        if self.server is None:
+            return
+        if why:
+            log.info("clock: requesting the server's time (%s)", why)
+        self.send_sealed(Kind.TIME_REQUEST, None, mono)
+        delay = SYNC_RETRY[min(self.sync_attempt, len(SYNC_RETRY) - 1)]
+        self.sync_attempt += 1
+        self.next_sync = mono + delay
+
+    def apply_clock(self, correction: float) -> None:
+        self.offset += correction
+        self.sync_attempt = 0
+        self.next_sync = time.monotonic() + RESYNC_EVERY
+        if abs(correction) >= 1.0 or not self.synced:
+            total = self.offset
+            log.info(kv("clock-sync", correction=f"{correction:+.3f}s",
+                        local_clock_off_by=f"{-total:+.3f}s",
+                        note="using the server's time" if abs(total) >= 1.0 else "in sync"))
+        self.synced = True
+
+    # -- timers -------------------------------------------------------------------------------
+
+    def tick(self, mono: float) -> None:
+        self.finish_resolve()
+        cfg = self.config
+        if mono >= self.next_sync:
+            self.request_sync(mono)
+        if mono >= self.next_resolve:
+            self.start_resolve(mono)
+        elif (self.unanswered_since is not None and mono - self.unanswered_since > SILENCE
+              and mono - self.last_recovery > SILENCE):
+            # We keep sending and nothing authenticated comes back: the server may have
+            # moved (DNS) or our clock may have drifted out of its window.
+            self.last_recovery = mono
+            log.warning(kv("server-silent", seconds=int(mono - self.unanswered_since),
+                           action="re-resolving and re-syncing the clock"))
+            self.start_resolve(mono)
+            self.request_sync(mono)
+        if self.server and cfg.keepalive and mono - self.last_tx >= cfg.keepalive:
+            self.send_sealed(Kind.KEEPALIVE, KEEPALIVE_BODY, mono)
+
+    def send_sealed(self, kind, body, mono: float) -> bool:
+        packet = (self.session.time_request(self.now()) if kind == Kind.TIME_REQUEST
+                  else self.session.seal(kind, body, self.now()))
+        if not self.send(packet, self.server[1]):
+            return False
+        self.last_tx = mono
+        if self.unanswered_since is None:
+            self.unanswered_since = mono
+        return True
+
+    def start_resolve(self, mono: float) -> None:
+        """Resolve the server's name in a thread: a slow resolver must not stall the tunnel."""
+        self.next_resolve = mono + RESOLVE_EVERY
+        if self._resolving:
+            return
+        self._resolving = True
+        host, port = self.config.server_host, self.config.server_port
+
+        def work():
+            try:
+                self._resolved = resolve(host, port)
+            except OSError as e:
+                self._resolved = e
+            self._resolving = False
+            try:
+                os.write(self._wake_w.fileno(), b"r")
+            except OSError:
+                pass
+
+        threading.Thread(target=work, name="resolve", daemon=True).start()
+
+    def finish_resolve(self) -> None:
+        result, self._resolved = self._resolved, None
+        if result is None:
+            return
+        if isinstance(result, OSError):
+            log.warning(kv("resolve-failed", server=self.config.server_host,
+                           error=result.strerror or result))
+            self.next_resolve = min(self.next_resolve, time.monotonic() + 5.0)
+            return
+        if result == self.server:
+            return
+        old = format_addr(self.server[1]) if self.server else "none"
+        log.info(kv("server-address", server=self.config.server_host, old=old,
+                    new=format_addr(result[1])))
+        if self.server is None or result[0] != self.server[0]:
+            family = result[0]
+            self.replace_socket(self.make_socket(
+                family, ("::" if family == socket.AF_INET6 else "0.0.0.0", 0)))
+        self.server = result
+        self.request_sync(time.monotonic())
+
+    def _on_wake(self) -> None:
+        super()._on_wake()
+        self.finish_resolve()
+
+    def reload(self) -> None:
+        try:
+            new = configmod.load(self.config.path)
+        except configmod.ConfigError as e:
+            log.error("reload failed, keeping the running configuration: %s", e)
+            return
+        if new.role != "client":
+            log.error("reload failed: %s is no longer a client configuration", self.config.path)
+            return
+        for what in ("id", "server_id", "key", "interface", "addresses", "routes", "mtu"):
+            if getattr(new, what) != getattr(self.config, what):
+                log.warning("reload: '%s' changed; it takes effect after a restart", what)
+        self.config = self.config.__class__(**{
+            **self.config.__dict__,
+            "server_host": new.server_host, "server_port": new.server_port,
+            "keepalive": new.keepalive,
+        })
+        log.info("reloaded %s; re-resolving %s", new.path, new.server_host)
+        self.start_resolve(time.monotonic())
+
+
+def run(config, crypto=None) -> None:
+    client = Client(config, crypto)
+    try:
+        client.start()
+    except FatalError:
+        if client.tun is not None:
+            client.tun.close()
+        raise
+    client.run()

@@ -1,0 +1,250 @@
+"""What the server and client daemons share: TUN and socket set-up, the event loop,
+signals, counters and drop logging. The role-specific packet handling lives in
+server.py and client.py; the protocol decisions in vpncrypt.protocol.
+"""
+
+import collections
+import errno
+import os
+import selectors
+import signal
+import socket
+import time
+
+from .. import tun
+from ..protocol import aead, wire
+from ..protocol.wire import Drop
+from .logs import RateLimiter, kv, log
+
+BATCH = 64  # packets drained per readiness event, so neither side starves the other
+TICK = 0.5  # seconds between timer checks
+SOCKET_BUFFER = 4 << 20
+
+
+class FatalError(Exception):
+    """Start-up failure with a one-line message; the CLI prints it and exits non-zero."""
+
+
+class Counters:
+    __slots__ = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "drops")
+
+    def __init__(self):
+        self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
+        self.drops = collections.Counter()
+
+    def summary(self) -> dict:
+        out = {"rx_packets": self.rx_packets, "rx_bytes": self.rx_bytes,
+               "tx_packets": self.tx_packets, "tx_bytes": self.tx_bytes}
+        out.update({f"drop_{Drop(r).label}": n for r, n in sorted(self.drops.items())})
+        return out
+
+
+def overhead(family: int) -> int:
+    """Bytes the tunnel adds on the underlay: IP + UDP + vpncrypt."""
+    return (40 if family == socket.AF_INET6 else 20) + 8 + wire.OVERHEAD
+
+
+def format_addr(addr) -> str:
+    host, port = addr[0], addr[1]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Runtime:
+    """Event loop over a TUN device and a UDP socket. Subclasses implement the handlers."""
+
+    role = "?"
+
+    def __init__(self, config, crypto: str | None = None):
+        self.config = config
+        self.context_class, self.crypto_path = aead.select(crypto)
+        self.selector = selectors.DefaultSelector()
+        self.counters = Counters()
+        self.limiter = RateLimiter()
+        self.stopping = False
+        self.reload_requested = False
+        self.dump_requested = False
+        self.tun = None
+        self.sock = None
+        self.mtu = None
+        self.started = time.monotonic()
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def crypto_description(self) -> str:
+        if self.crypto_path == "native":
+            from .. import _fast
+
+            return f"native ({_fast.openssl_version()})"
+        return "reference (pure Python via cryptography; build the extension for speed)"
+
+    def open_tun(self, mtu: int, routes=()) -> None:
+        cfg = self.config
+        try:
+            self.tun = tun.open_tun(cfg.interface)
+            tun.configure_interface(self.tun.name, list(cfg.addresses), mtu, list(routes))
+        except tun.TunError as e:
+            raise FatalError(str(e)) from None
+        self.mtu = mtu
+        self.our_v4 = next((a.ip.packed for a in cfg.addresses if a.version == 4), None)
+        self.our_v6 = next((a.ip.packed for a in cfg.addresses if a.version == 6), None)
+
+    def default_mtu(self, family: int, dest: str | None) -> int:
+        try:
+            underlay = tun.underlay_mtu(dest)
+        except tun.TunError as e:
+            log.warning("cannot read the underlay MTU (%s); assuming 1500", e)
+            underlay = 1500
+        return max(1280, underlay - overhead(family))
+
+    def make_socket(self, family: int, bind) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # dual stack
+        try:
+            sock.bind(bind)
+        except OSError as e:
+            sock.close()
+            raise FatalError(f"cannot bind UDP {format_addr(bind)}: {e.strerror}") from None
+        sock.setblocking(False)
+        return sock
+
+    def install_signals(self) -> None:
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+
+        def stop(signum, frame):
+            self.stopping = True
+
+        def hup(signum, frame):
+            self.reload_requested = True
+
+        def usr1(signum, frame):
+            self.dump_requested = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hup)
+        signal.signal(signal.SIGUSR1, usr1)
+
+    def _on_wake(self) -> None:
+        try:
+            while self._wake_r.recv(64):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- loop ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.install_signals()
+        self.selector.register(self.tun.fd, selectors.EVENT_READ, self.on_tun)
+        self.selector.register(self.sock, selectors.EVENT_READ, self.on_udp)
+        next_tick = 0.0
+        try:
+            while not self.stopping:
+                timeout = max(0.0, next_tick - time.monotonic())
+                for key, _ in self.selector.select(timeout):
+                    key.data()
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self.reload()
+                if self.dump_requested:
+                    self.dump_requested = False
+                    self.dump_stats()
+                if time.monotonic() >= next_tick:
+                    self.tick(time.monotonic())
+                    next_tick = time.monotonic() + TICK
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        self.dump_stats()
+        if self.tun is not None:
+            self.tun.close()  # a non-persistent TUN interface disappears with its descriptor
+        if self.sock is not None:
+            self.sock.close()
+        log.info("stopped")
+
+    def replace_socket(self, sock) -> None:
+        if self.sock is not None:
+            self.selector.unregister(self.sock)
+            self.sock.close()
+        self.sock = sock
+        self.selector.register(sock, selectors.EVENT_READ, self.on_udp)
+
+    # -- shared packet helpers ----------------------------------------------------------------
+
+    def drop(self, counters, reason: Drop, now: float, src=None, client=None, detail="") -> None:
+        """Count a drop (globally and for the peer, if known) and log it, rate-limited."""
+        self.counters.drops[reason] += 1
+        if counters is not None and counters is not self.counters:
+            counters.drops[reason] += 1
+        key = (reason, src[0] if src else None)
+        held = self.limiter.allow(key, now)
+        if held is None:
+            return
+        fields = {"reason": reason.label}
+        if client is not None:
+            fields["client"] = client
+        if src is not None:
+            fields["src"] = format_addr(src)
+        if held:
+            fields["suppressed"] = held
+        if detail:
+            fields["detail"] = detail
+        level = log.warning if reason in (Drop.CLOCK_SKEW, Drop.AUTH, Drop.SPOOFED_SOURCE) else log.info
+        level(kv("drop", **fields))
+
+    def write_tun(self, packet) -> bool:
+        try:
+            os.write(self.tun.fd, packet)
+            return True
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            log.debug("TUN write failed: %s", e.strerror)
+            return False
+
+    def send(self, packet, addr) -> bool:
+        try:
+            self.sock.sendto(packet, addr)
+            return True
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.ENOBUFS, errno.EAGAIN):
+                key = ("send", e.errno)
+                if self.limiter.allow(key, time.monotonic()) is not None:
+                    log.warning(kv("send-failed", dst=format_addr(addr), error=e.strerror))
+            return False
+
+    def icmp_too_big(self, packet) -> None:
+        from .ippacket import too_big
+
+        reply = too_big(packet, self.mtu, self.our_v4, self.our_v6)
+        if reply is not None:
+            self.write_tun(reply)
+
+    # -- role hooks ---------------------------------------------------------------------------
+
+    def on_tun(self) -> None:
+        raise NotImplementedError
+
+    def on_udp(self) -> None:
+        raise NotImplementedError
+
+    def tick(self, monotonic_now: float) -> None:
+        pass
+
+    def reload(self) -> None:
+        pass
+
+    def dump_stats(self) -> None:
+        log.info(kv("stats", role=self.role, **self.counters.summary()))
