@@ -1,0 +1,315 @@
+"""Per-packet AES-256-SIV cost: the native core against its C ceiling and the reference path.
+
+For body sizes 64, 512 and 1420 bytes this measures the cost of sealing and opening one
+packet (8-byte header, 16-byte tag, 20-byte associated data) along three paths:
+
+* C ceiling: bench/siv_ceiling.c, a tight C loop over exactly the EVP calls the native
+  core makes (copy of a keyed template context per packet, AD update, body update,
+  final, tag ctrl), into preallocated buffers. Built here with gcc -O2 ... -lcrypto.
+* native: vpncrypt._fast.SivContext.seal / .open, called from a Python loop (what the
+  daemon pays per packet: argument parsing, buffer acquisition, the output bytes).
+* reference: vpncrypt.protocol.aead.ReferenceSivContext (cryptography's AESSIV plus the
+  struct-built header and AD), or the same done inline if that module is missing.
+
+Method: the process is pinned to one CPU (os.sched_setaffinity) and the C child runs on
+the same core (taskset -c). Each repetition times a fixed batch of --count packets per
+path and op; repetitions of the three paths are interleaved so slow drift of a shared
+or virtual machine hits them alike. The figure reported is the MEDIAN ns/packet over
+--reps repetitions (the fastest batch of each is kept in the JSON as well). Batches are
+short on purpose: on a virtual machine whole stretches of a second or more run slower,
+and many short interleaved batches keep those from deciding the median. Before timing,
+native and reference packets are checked to be byte-identical and both paths to open
+them; the C program checks its own round trip and that a flipped bit is rejected.
+
+Note: the C ceiling and the native core use the system libcrypto; `cryptography`
+wheels bundle their own OpenSSL, printed separately in the header.
+
+Output: a Markdown table on stdout and bench/out/crypto.json.
+
+    python3 bench/crypto_bench.py [--reps 31] [--count 2000] [--cpu N] [--check]
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+OUT = HERE / "out"
+C_SOURCE = HERE / "siv_ceiling.c"
+C_BINARY = OUT / "siv_ceiling"
+
+sys.path.insert(0, str(ROOT))
+
+from vpncrypt import _fast  # noqa: E402
+from vpncrypt.protocol import wire  # noqa: E402
+
+SIZES = (64, 512, 1420)
+OPS = ("seal", "open")
+KEY = bytes((i * 37 + 11) & 0xFF for i in range(64))
+CLIENT_ID = 7
+SERVER_ID = 0x5EC0DE01
+TIMESTAMP = 1_700_000_000
+PTYPE = wire.Kind.DATA.value
+GOAL_SIZE = 1420
+GOAL_RATIO = 1.15
+
+
+# -- the reference path ----------------------------------------------------------------
+
+def reference_class():
+    """(class, description): protocol.aead's ReferenceSivContext, or an inline equivalent."""
+    try:
+        from vpncrypt.protocol.aead import ReferenceSivContext
+    except ImportError:
+        pass
+    else:
+        return ReferenceSivContext, "vpncrypt.protocol.aead.ReferenceSivContext"
+
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+
+    class InlineReference:
+        def __init__(self, key, client_id, server_id):
+            self._siv = AESSIV(key)
+            self.client_id = client_id
+            self.server_id = server_id
+
+        def seal(self, ptype, timestamp, counter, body):
+            ad = wire.associated_data(ptype, self.client_id, self.server_id, timestamp, counter)
+            header = wire.pack_header(ptype, self.client_id, timestamp, counter)
+            return header + self._siv.encrypt(bytes(body), [ad])
+
+        def open(self, packet, timestamp):
+            ptype, client_id, _, counter = wire.unpack_header(packet)
+            ad = wire.associated_data(ptype, client_id, self.server_id, timestamp, counter)
+            try:
+                return self._siv.decrypt(bytes(packet[wire.HEADER_LEN:]), [ad])
+            except InvalidTag:
+                return None
+
+    return InlineReference, "inline cryptography AESSIV + wire.py (aead.py not found)"
+
+
+# -- timing ----------------------------------------------------------------------------
+
+def time_seal(ctx, body, count):
+    """ns/packet for `count` seals; the counter changes every packet, like real traffic."""
+    seal = ctx.seal
+    ts = TIMESTAMP
+    ptype = PTYPE
+    clock = time.perf_counter_ns
+    t0 = clock()
+    for i in range(count):
+        seal(ptype, ts, i, body)
+    return (clock() - t0) / count
+
+
+def time_open(ctx, packet, count):
+    """ns/packet for `count` opens of one valid packet."""
+    open_ = ctx.open
+    ts = TIMESTAMP
+    clock = time.perf_counter_ns
+    t0 = clock()
+    for _ in range(count):
+        open_(packet, ts)
+    return (clock() - t0) / count
+
+
+def time_ceiling(cpu, size, count):
+    """One repetition of the C loop on `cpu`: {op: ns/packet}."""
+    cmd = [str(C_BINARY), str(size), str(count), "1"]
+    if shutil.which("taskset"):
+        cmd = ["taskset", "-c", str(cpu)] + cmd
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if res.returncode != 0:
+        raise SystemExit(f"siv_ceiling failed ({res.returncode}): {res.stderr.strip()}")
+    result = {}
+    for line in res.stdout.splitlines():
+        rec = json.loads(line)
+        result[rec["op"]] = rec["ns_per_packet"]
+    return result
+
+
+def build_ceiling():
+    OUT.mkdir(parents=True, exist_ok=True)
+    cc = os.environ.get("CC", "gcc")
+    cmd = [cc, "-O2", "-Wall", "-Wextra", "-o", str(C_BINARY), str(C_SOURCE), "-lcrypto"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"building the C ceiling failed: {' '.join(cmd)}\n{res.stderr}")
+    return " ".join(cmd)
+
+
+# -- machine description ---------------------------------------------------------------
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cryptography_openssl():
+    try:
+        import cryptography
+        from cryptography.hazmat.backends.openssl import backend
+
+        return f"cryptography {cryptography.__version__} ({backend.openssl_version_text()})"
+    except Exception as exc:  # noqa: BLE001 - informational only
+        return f"unavailable ({exc})"
+
+
+def machine_info(cpu):
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu_model": cpu_model(),
+        "cpus_online": os.cpu_count(),
+        "pinned_cpu": cpu,
+        "kernel": platform.release(),
+        "openssl": _fast.openssl_version(),
+        "cryptography": cryptography_openssl(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+    }
+
+
+# -- main ------------------------------------------------------------------------------
+
+def pct(ratio):
+    return f"{(ratio - 1) * 100:+.1f}%"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=31, help="timed batches per path and op (median)")
+    ap.add_argument("--count", type=int, default=2000, help="packets per timed batch")
+    ap.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: last allowed)")
+    ap.add_argument("--check", action="store_true",
+                    help=f"exit 1 if native is more than {(GOAL_RATIO - 1) * 100:.0f}%% off the "
+                         f"ceiling at {GOAL_SIZE} B")
+    args = ap.parse_args(argv)
+    if args.reps < 1 or args.count < 1:
+        ap.error("--reps and --count must be >= 1")
+
+    allowed = sorted(os.sched_getaffinity(0))
+    cpu = allowed[-1] if args.cpu is None else args.cpu
+    if cpu not in allowed:
+        ap.error(f"--cpu {cpu} not in this process's CPU set {allowed}")
+    os.sched_setaffinity(0, {cpu})
+
+    started = time.monotonic()
+    build_cmd = build_ceiling()
+    ref_cls, ref_desc = reference_class()
+    info = machine_info(cpu)
+    info["reference"] = ref_desc
+    info["ceiling_build"] = build_cmd
+
+    print("# AES-256-SIV per-packet cost")
+    print()
+    for k in ("date", "cpu_model", "cpus_online", "pinned_cpu", "kernel", "openssl",
+              "cryptography", "python", "reference"):
+        print(f"- {k}: {info[k]}")
+    print(f"- method: median of {args.reps} reps x {args.count} packets; "
+          "header 8 + tag 16 bytes, AD 20 bytes")
+    print()
+
+    native = _fast.SivContext(KEY, CLIENT_ID, SERVER_ID)
+    ref = ref_cls(KEY, CLIENT_ID, SERVER_ID)
+    samples = {}
+    for size in SIZES:
+        body = bytes((i * 13 + 5) & 0xFF for i in range(size))
+        packet = native.seal(PTYPE, TIMESTAMP, 42, body)
+        if ref.seal(PTYPE, TIMESTAMP, 42, body) != packet:
+            raise SystemExit(f"native and reference packets differ at {size} bytes")
+        if native.open(packet, TIMESTAMP) != body or ref.open(packet, TIMESTAMP) != body:
+            raise SystemExit(f"open did not round-trip at {size} bytes")
+
+        s = {(path, op): [] for path in ("ceiling", "native", "reference") for op in OPS}
+        # warm-up: first-call effects (allocator, caches, CPU frequency)
+        time_seal(native, body, args.count // 4 + 1)
+        time_seal(ref, body, args.count // 10 + 1)
+        for _ in range(args.reps):
+            c = time_ceiling(cpu, size, args.count)
+            s["ceiling", "seal"].append(c["seal"])
+            s["ceiling", "open"].append(c["open"])
+            s["native", "seal"].append(time_seal(native, body, args.count))
+            s["native", "open"].append(time_open(native, packet, args.count))
+            s["reference", "seal"].append(time_seal(ref, body, args.count))
+            s["reference", "open"].append(time_open(ref, packet, args.count))
+        samples[size] = s
+
+    rows = []
+    for size in SIZES:
+        for op in OPS:
+            med = {p: statistics.median(samples[size][p, op])
+                   for p in ("ceiling", "native", "reference")}
+            rows.append({
+                "size": size,
+                "op": op,
+                "ceiling_ns": round(med["ceiling"], 1),
+                "native_ns": round(med["native"], 1),
+                "reference_ns": round(med["reference"], 1),
+                "native_vs_ceiling": round(med["native"] / med["ceiling"], 4),
+                "reference_vs_native": round(med["reference"] / med["native"], 3),
+                "native_mb_s": round(size / med["native"] * 1e3, 1),
+                "ceiling_mb_s": round(size / med["ceiling"] * 1e3, 1),
+                "best_ns": {p: round(min(samples[size][p, op]), 1)
+                            for p in ("ceiling", "native", "reference")},
+                # median over reps of native/ceiling within the same rep (C and native
+                # batches run back to back, so a slow stretch of the machine hits both)
+                "native_vs_ceiling_paired": round(statistics.median(
+                    n / c for n, c in zip(samples[size]["native", op],
+                                          samples[size]["ceiling", op])), 4),
+                "samples_ns": {p: [round(x, 1) for x in samples[size][p, op]]
+                               for p in ("ceiling", "native", "reference")},
+            })
+
+    print("| size (B) | op | C ceiling ns | native ns | native vs ceiling "
+          "| reference ns | reference / native | native MB/s |")
+    print("|---:|:---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['size']} | {r['op']} | {r['ceiling_ns']:.0f} | {r['native_ns']:.0f} "
+              f"| {pct(r['native_vs_ceiling'])} | {r['reference_ns']:.0f} "
+              f"| {r['reference_vs_native']:.2f}x | {r['native_mb_s']:.0f} |")
+    print()
+    print("MB/s counts body bytes (10^6 B/s), one core, one packet per call.")
+
+    goal = [r for r in rows if r["size"] == GOAL_SIZE]
+    met = all(r["native_vs_ceiling"] <= GOAL_RATIO for r in goal)
+    detail = ", ".join(f"{r['op']} {pct(r['native_vs_ceiling'])}" for r in goal)
+    verdict = "MET" if met else "NOT MET"
+    print(f"Goal (native within {pct(GOAL_RATIO)} of the C ceiling at {GOAL_SIZE} B): "
+          f"{verdict} ({detail})")
+    paired = ", ".join(f"{r['op']} {pct(r['native_vs_ceiling_paired'])}" for r in goal)
+    print(f"Same ratio as the median of per-rep pairs (less sensitive to machine drift): {paired}")
+    elapsed = time.monotonic() - started
+    print(f"Run time: {elapsed:.1f} s")
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    result = {
+        "machine": info,
+        "reps": args.reps,
+        "count": args.count,
+        "goal": {"size": GOAL_SIZE, "max_ratio": GOAL_RATIO, "met": met},
+        "rows": rows,
+        "elapsed_s": round(elapsed, 1),
+    }
+    (OUT / "crypto.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"JSON: {(OUT / 'crypto.json').relative_to(ROOT)}")
+    return 1 if args.check and not met else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

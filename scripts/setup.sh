@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine (as root) to build, test and demo vpncrypt:
+# system packages, a virtual environment in .venv with the package installed in
+# editable mode (which builds the native extension vpncrypt._fast), and a check
+# that the extension loads. Safe to run again; it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(python3 python3-venv python3-dev gcc libssl-dev iproute2 iputils-ping iperf3 tcpdump)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+# Editable installs build the extension in place; make sure, and fail loudly if it did not.
+if ! .venv/bin/python -c 'import vpncrypt._fast' 2>/dev/null; then
+    .venv/bin/python setup.py -q build_ext --inplace
+fi
+.venv/bin/python -c 'import vpncrypt._fast as f; print("setup: native core OK,", f.openssl_version())'
