@@ -7,7 +7,7 @@ import time
 
 from .. import config as configmod
 from ..protocol.session import ClientSession, Opened
-from ..protocol.wire import KEEPALIVE_BODY, Drop, Kind
+from ..protocol.wire import KEEPALIVE_BODY, STALE_AFTER, Drop, Kind
 from .logs import kv, log
 from .runtime import BATCH, FatalError, Runtime, format_addr
 
@@ -15,6 +15,10 @@ RESOLVE_EVERY = 300.0  # seconds between routine re-resolutions of the server's 
 SILENCE = 15.0  # server silent this long while we send: re-resolve and re-sync the clock
 RESYNC_EVERY = 600.0  # routine clock re-sync
 SYNC_RETRY = (1.0, 2.0, 4.0, 8.0, 15.0)  # seconds between unanswered time-sync requests
+# Data waits this long for the first time sync. A clock off by less than 128 s would
+# otherwise be accepted by the server and push its replay window ahead of real time,
+# locking the corrected client out until real time caught up.
+FIRST_SYNC_WAIT = 3.0
 
 
 def resolve(host: str, port: int):
@@ -81,6 +85,9 @@ class Client(Runtime):
             if self.server is None:
                 self.counters.drops[Drop.NO_ROUTE] += 1
                 continue
+            if not self.synced and time.monotonic() - self.started < FIRST_SYNC_WAIT:
+                self.counters.drops[Drop.UNSYNCED] += 1
+                continue
             if len(packet) > self.mtu:
                 self.icmp_too_big(packet)
                 continue
@@ -124,6 +131,13 @@ class Client(Runtime):
 
     def apply_clock(self, correction: float) -> None:
         self.offset += correction
+        window = self.session.receiver.window
+        if window.newest is not None and self.now() < window.newest - STALE_AFTER:
+            # Our clock was ahead and the server's packets were judged by it; start the
+            # window afresh or every packet of the server would look stale.
+            window.reset()
+            log.info("clock: moved back %.0f s; replay window for the server restarted",
+                     -correction)
         self.sync_attempt = 0
         self.next_sync = time.monotonic() + RESYNC_EVERY
         if abs(correction) >= 1.0 or not self.synced:
@@ -151,7 +165,8 @@ class Client(Runtime):
                            action="re-resolving and re-syncing the clock"))
             self.start_resolve(mono)
             self.request_sync(mono)
-        if self.server and cfg.keepalive and mono - self.last_tx >= cfg.keepalive:
+        if (self.server and cfg.keepalive and mono - self.last_tx >= cfg.keepalive
+                and (self.synced or mono - self.started >= FIRST_SYNC_WAIT)):
             self.send_sealed(Kind.KEEPALIVE, KEEPALIVE_BODY, mono)
 
     def send_sealed(self, kind, body, mono: float) -> bool:

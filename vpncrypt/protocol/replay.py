@@ -24,6 +24,10 @@ class ReplayWindow:
     __slots__ = ("newest", "floor", "top", "bits")
 
     def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything (the receiver's own clock moved back past the window)."""
         self.newest = None  # newest accepted timestamp; None until the first packet
         self.floor = 0  # timestamp of the last (re)start of the sender's counter
         self.top = 0  # highest accepted counter

@@ -61,6 +61,7 @@ class Drop(enum.IntEnum):
     SPOOFED_SOURCE = 10  # inner source address not among the sender's allowed IPs (daemon)
     NO_ROUTE = 11  # inner destination matches no client (daemon)
     BAD_PACKET = 12  # inner packet is not IPv4/IPv6 (daemon)
+    UNSYNCED = 13  # client: outgoing packet held back until the first time sync (daemon)
 
     @property
     def label(self) -> str:
