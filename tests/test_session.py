@@ -56,11 +56,11 @@ def test_round_trip_any_size(size, seed):
 
 
 @settings(max_examples=300, deadline=None)
-@given(garbage=st.binary(max_size=200))
-def test_garbage_never_raises(garbage):
+@given(garbage=st.binary(max_size=200), now=st.sampled_from([NOW, 0.0, 50.0, 5000.0, 2.0**40]))
+def test_garbage_never_raises(garbage, now):
     for path in PATHS:
         srv, cl = pair(context_class(path))
-        for result in (srv.open(garbage, NOW), cl.open(garbage, NOW)):
+        for result in (srv.open(garbage, now), cl.open(garbage, now)):
             assert isinstance(result, Dropped)
             assert result.reason in (Drop.MALFORMED, Drop.BAD_TYPE, Drop.UNKNOWN_CLIENT,
                                      Drop.AUTH, Drop.RATE_LIMITED)
@@ -265,6 +265,18 @@ def test_time_response_from_other_server_rejected(ctx):
     reply = other.open(cl.time_request(0.0), NOW)
     # The foreign server cannot even open the request (server id is in the key schedule).
     assert reply == Dropped(Drop.AUTH, 1)
+
+
+@pytest.mark.parametrize("receiver_now", [0.0, 50.0, 127.0, 5000.0])
+def test_receiver_clock_near_1970_drops_instead_of_raising(ctx, receiver_now):
+    srv, cl = pair(ctx)
+    # A genuine packet from a server on real time, and a forgery, reach a client in 1970.
+    assert cl.open(srv.seal(1, Kind.KEEPALIVE, b"x", NOW), receiver_now).reason in (
+        Drop.AUTH, Drop.CLOCK_SKEW)
+    forged = bytes([0x81, 0, 1, 0]) + bytes(21)
+    assert cl.open(forged, receiver_now).reason == Drop.AUTH
+    # And packets sealed near 1970 still work between two such clocks.
+    assert srv.open(cl.seal(Kind.DATA, b"y", receiver_now), receiver_now).body == b"y"
 
 
 def test_time_bodies():

@@ -80,6 +80,8 @@ class Receiver:
                 return Dropped(Drop.AUTH, client_id)
             return Opened(client_id, Kind(ptype & ~FROM_SERVER), body)
         timestamp = wire.full_timestamp(low8, int(now))
+        if timestamp < 0:  # a receiver clock near 1970 (no RTC, not yet synced)
+            return Dropped(Drop.AUTH, client_id)
         reason = self.window.check(timestamp, counter)
         if reason is Drop.STALE:
             # A sender whose clock is far off also looks stale here: say which it is.
@@ -101,6 +103,8 @@ class Receiver:
         self.next_probe = now + SKEW_PROBE_INTERVAL
         for k in range(1, SKEW_PROBE_WINDOWS + 1):
             for shift in (256 * k, -256 * k):
+                if timestamp + shift < 0:
+                    continue
                 if self.ctx.open(packet, timestamp + shift) is not None:
                     return Dropped(
                         Drop.CLOCK_SKEW,

@@ -1,0 +1,31 @@
+"""Shared pytest fixtures.  Keep each group of fixtures under its own heading."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+# --------------------------------------------------------------------------- network namespaces
+# Hosts for integration tests; see tests/netns.py.  Tests using them are marked
+# @pytest.mark.netns and skip without root/netns (or fail, when $CI is set).
+
+from netns import Netns, require_netns  # noqa: E402
+
+
+@pytest.fixture
+def netns_factory() -> Iterator[Callable[[], Netns]]:
+    """Yield `make()`, which returns a new namespace host; all are deleted at teardown."""
+    require_netns()
+    hosts: list[Netns] = []
+
+    def make() -> Netns:
+        host = Netns()
+        hosts.append(host)
+        return host
+
+    try:
+        yield make
+    finally:
+        for host in reversed(hosts):
+            host.close()

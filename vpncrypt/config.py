@@ -1,0 +1,899 @@
+"""Configuration: reading and validating the INI file that describes one tunnel endpoint.
+
+This module owns the file format and everything it accepts or refuses:
+
+* the layout (either one ``[server]`` section plus any number of ``[client NAME]``
+  peer sections, or a single ``[client]`` section), the keys of each section, their
+  defaults and their ranges;
+* key files (:func:`load_key_file`): one base64 256-bit key, refused when group or
+  others may access it, the way ssh refuses a private key;
+* cross-checks between sections: unique client ids and keys, non-overlapping
+  ``allowed_ips``, no client owning the server's own tunnel address;
+* the error contract: every problem with the input becomes a :class:`ConfigError`
+  whose ``str()`` is exactly one line naming the file, the line (or section/key)
+  and the problem, and never contains key material.
+
+The result is a frozen :class:`ServerConfig` or :class:`ClientConfig`. Nothing here
+opens sockets or touches interfaces; the only files read are the config file itself
+and key files. Only the standard library and :mod:`vpncrypt.protocol.keys` are
+imported, so the daemon stays light.
+"""
+
+from __future__ import annotations
+
+import configparser
+import io
+import ipaddress
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from .protocol.keys import KeyFormatError, decode_key
+
+__all__ = [
+    "ConfigError",
+    "Peer",
+    "ServerConfig",
+    "ClientConfig",
+    "load",
+    "parse",
+    "load_key_file",
+    "DEFAULT_STATE_DIR",
+    "DEFAULT_KEEPALIVE",
+]
+
+DEFAULT_STATE_DIR = "/run/vpncrypt"
+DEFAULT_KEEPALIVE = 25  # seconds
+MAX_KEEPALIVE = 3600
+MIN_MTU = 576  # smallest datagram every IPv4 host must accept
+MIN_MTU_IPV6 = 1280  # RFC 8200
+MAX_MTU = 65483  # = protocol.wire.MAX_BODY: the largest UDP payload minus our 24 bytes
+MAX_CLIENT_ID = 0xFFFF  # 16 bits on the wire; 0 is reserved
+MAX_SERVER_ID = 0xFFFFFFFF
+MAX_CONFIG_SIZE = 1 << 20
+MAX_KEY_FILE_SIZE = 4096
+
+SERVER_KEYS = ("listen", "interface", "address", "server_id", "mtu", "user", "state_dir")
+PEER_KEYS = ("id", "key", "key_file", "allowed_ips")
+CLIENT_KEYS = (
+    "id", "server", "server_id", "key", "key_file", "interface", "address",
+    "routes", "keepalive", "mtu", "user", "state_dir",
+)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _one_line(text: str) -> str:
+    """Escape line breaks and other control characters so a message stays on one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class ConfigError(Exception):
+    """A problem with a configuration or key file; ``str(e)`` is exactly one line.
+
+    ``"<path>:<line>: [section] key: <problem>"`` when the line is known, otherwise
+    ``"<path>: [section] key: <problem>"``; the section and key parts are present
+    when the problem belongs to one. The parts are also available as attributes.
+    ``ConfigError(message)`` with a single argument is accepted too (for callers that
+    already have a formatted line): ``path`` is then None and the message is kept as is.
+    """
+
+    def __init__(self, path, problem=None, *, line=None, section=None, key=None):
+        if problem is None:
+            self.path = self.line = self.section = self.key = None
+            self.problem = str(path)
+            super().__init__(_one_line(self.problem))
+            return
+        self.path = os.fspath(path) if not isinstance(path, str) else path
+        self.problem = problem
+        self.line = line
+        self.section = section
+        self.key = key
+        where = f"{self.path}:{line}: " if line is not None else f"{self.path}: "
+        if section is not None:
+            where += f"[{section}] "
+        if key is not None:
+            where += f"{key}: "
+        super().__init__(_one_line(where + problem))
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+    def __reduce__(self):
+        return (_rebuild_error, (self.path, self.problem, self.line, self.section, self.key))
+
+
+def _rebuild_error(path, problem, line, section, key):
+    if path is None:
+        return ConfigError(problem)
+    return ConfigError(path, problem, line=line, section=section, key=key)
+
+
+_KEYLIKE = re.compile(r"[A-Za-z0-9+/_-]{40,}={0,2}")
+
+
+def _show(value: str) -> str:
+    """repr() of a user value for a message, unless it looks like key material."""
+    if _KEYLIKE.search(value):
+        return "<value not shown: it looks like key material>"
+    return repr(value)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A ``[client NAME]`` section of a server config."""
+
+    name: str
+    id: int
+    key: bytes = field(repr=False)  # 32 bytes
+    allowed_ips: tuple  # of ipaddress.IPv4Network / IPv6Network
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    path: str
+    listen_host: str  # IP literal without brackets: '0.0.0.0', '::'
+    listen_port: int
+    interface: str
+    addresses: tuple  # of ipaddress.IPv4Interface / IPv6Interface
+    server_id: int
+    mtu: int | None  # None: path MTU minus the real overhead, decided by the daemon
+    clients: tuple  # of Peer, in file order
+    user: str | None
+    state_dir: str
+
+    role: ClassVar[str] = "server"
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    path: str
+    id: int
+    server_host: str  # host name or IP literal (brackets stripped)
+    server_port: int
+    server_id: int
+    key: bytes = field(repr=False)
+    interface: str
+    addresses: tuple  # of ipaddress.IPv4Interface / IPv6Interface
+    routes: tuple  # of ipaddress.IPv4Network / IPv6Network
+    keepalive: int  # seconds, 0 = off
+    mtu: int | None
+    user: str | None
+    state_dir: str
+
+    role: ClassVar[str] = "client"
+
+
+# --------------------------------------------------------------------------- key files
+
+
+def load_key_file(path) -> bytes:
+    """Read a key file holding one base64 256-bit key; raise ConfigError naming the file.
+
+    Refused, like ssh refuses a private key, when group or others have any access.
+    """
+    path = os.fspath(path)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError(path, "no such key file") from None
+    except PermissionError:
+        raise ConfigError(path, "permission denied reading the key file") from None
+    except OSError as e:
+        raise ConfigError(path, f"cannot open the key file: {_strerror(e)}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(path, "is a directory, not a key file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(path, "is not a regular file")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                path,
+                f"permissions {mode:04o} are too open; the key file must not be "
+                "accessible by group or others (chmod 600)",
+            )
+        chunks, size = [], 0
+        while size <= MAX_KEY_FILE_SIZE:
+            chunk = os.read(fd, MAX_KEY_FILE_SIZE + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise ConfigError(path, f"cannot read the key file: {_strerror(e)}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > MAX_KEY_FILE_SIZE:
+        raise ConfigError(path, f"is too large to be a key file (over {MAX_KEY_FILE_SIZE} bytes)")
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise ConfigError(path, "key is not valid base64 (the file is not ASCII text)") from None
+    try:
+        return decode_key(text)
+    except KeyFormatError as e:
+        raise ConfigError(path, str(e)) from None
+
+
+def _strerror(e: OSError) -> str:
+    return e.strerror.lower() if e.strerror else type(e).__name__
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def load(path) -> ServerConfig | ClientConfig:
+    """Read and validate the configuration file at ``path``."""
+    path = os.fspath(path)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_SIZE + 1)
+            mode = os.fstat(f.fileno()).st_mode
+    except FileNotFoundError:
+        raise ConfigError(path, "no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(path, "is a directory, not a configuration file") from None
+    except PermissionError:
+        raise ConfigError(path, "permission denied reading the configuration file") from None
+    except OSError as e:
+        raise ConfigError(path, f"cannot read the configuration file: {_strerror(e)}") from None
+    if len(data) > MAX_CONFIG_SIZE:
+        raise ConfigError(path, f"is too large for a configuration file (over {MAX_CONFIG_SIZE} bytes)")
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        bad = data[e.start : e.start + 1].hex()
+        raise ConfigError(path, f"not valid UTF-8 text (byte 0x{bad})", line=line) from None
+    config = parse(text, path)
+    # A file holding keys inline is as secret as a key file: refuse it the same way.
+    if mode & 0o077 and _INLINE_KEY.search(text):
+        line = text[: _INLINE_KEY.search(text).start()].count("\n") + 1
+        raise ConfigError(
+            path,
+            f"permissions {stat.S_IMODE(mode):04o} are too open for a file that holds a key; "
+            "it must not be accessible by group or others (chmod 600), or use key_file",
+            line=line,
+        )
+    return config
+
+
+_INLINE_KEY = re.compile(r"^[ \t]*key[ \t]*=", re.MULTILINE)
+
+
+def parse(text: str, path="<string>") -> ServerConfig | ClientConfig:
+    """Validate configuration text; ``path`` names it in errors and anchors relative key files."""
+    path = os.fspath(path)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(text, str):
+        raise ConfigError(path, "configuration text must be a str")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if not text.strip():
+        raise ConfigError(path, "the file is empty (expected a [server] or [client] section)")
+    ctx = _Context(path, text)
+    cp = _parse_ini(ctx)
+    return _build(ctx, cp)
+
+
+# --------------------------------------------------------------------------- INI layer
+
+_SECT_RE = re.compile(r"\[(?P<header>.+)\]")  # configparser's SECTCRE
+_OPT_RE = re.compile(r"(?P<option>.*?)\s*=\s*(?P<value>.*)$")  # its OPTCRE for '=' only
+_INLINE_COMMENTS = (";", "#")
+_SAFE_KEY_NAME = re.compile(r"[a-z0-9_.-]{1,32}")
+
+
+def _new_parser() -> configparser.ConfigParser:
+    return configparser.ConfigParser(
+        delimiters=("=",),
+        comment_prefixes=("#", ";"),
+        inline_comment_prefixes=_INLINE_COMMENTS,
+        strict=True,
+        empty_lines_in_values=False,
+        interpolation=None,
+        # '\n' can never be a section header, so there is no magic [DEFAULT] section.
+        default_section="\n",
+    )
+
+
+def _comment_start(line: str) -> int | None:
+    """Where configparser's comment handling cuts the line (mirrors RawConfigParser._read)."""
+    if line.strip().startswith(("#", ";")):
+        return 0
+    comment_start = None
+    prefixes = {prefix: -1 for prefix in _INLINE_COMMENTS}
+    while comment_start is None and prefixes:
+        following = {}
+        for prefix, index in prefixes.items():
+            index = line.find(prefix, index + 1)
+            if index == -1:
+                continue
+            following[prefix] = index
+            if index == 0 or line[index - 1].isspace():
+                comment_start = index if comment_start is None else min(comment_start, index)
+        prefixes = following
+    return comment_start
+
+
+_NONSPACE = re.compile(r"\S")
+
+
+class _Context:
+    """The file being parsed and where its sections and keys are (configparser forgets)."""
+
+    def __init__(self, path: str, text: str):
+        self.path = path
+        self.dir = os.path.dirname(path)
+        self.text = text
+        self.section_lines: dict[str, int] = {}
+        self.key_lines: dict[tuple[str, str], int] = {}
+        self.raw_lines: list[str] = []
+        self.header_junk_line: int | None = None  # "[server] junk": configparser ignores junk
+        self._scan()
+
+    def _scan(self) -> None:
+        # Same walk as configparser with empty_lines_in_values=False and '=' as delimiter.
+        section = None
+        optname = None
+        indent_level = 0
+        for lineno, line in enumerate(io.StringIO(self.text), start=1):
+            self.raw_lines.append(line.rstrip("\n"))
+            value = line[: _comment_start(line)].strip()
+            if not value:
+                indent_level = 1 << 62
+                continue
+            first = _NONSPACE.search(line)
+            cur_indent = first.start() if first else 0
+            if section is not None and optname and cur_indent > indent_level:
+                continue  # continuation of the previous value
+            indent_level = cur_indent
+            mo = _SECT_RE.match(value)
+            if mo:
+                section = mo.group("header")
+                self.section_lines.setdefault(section, lineno)
+                if mo.end() != len(value) and self.header_junk_line is None:
+                    self.header_junk_line = lineno
+                optname = None
+                continue
+            if section is None:
+                continue
+            mo = _OPT_RE.match(value)
+            if mo and mo.group("option"):
+                optname = mo.group("option").rstrip().lower()
+                self.key_lines.setdefault((section, optname), lineno)
+
+    def error(self, problem, *, header=None, section=None, key=None, line=None):
+        if line is None and header is not None:
+            if key is not None:
+                line = self.key_lines.get((header, key))
+            if line is None:
+                line = self.section_lines.get(header)
+        return ConfigError(self.path, problem, line=line, section=section, key=key)
+
+
+def _section_label(header: str) -> str:
+    if _KEYLIKE.search(header):
+        return "[<name not shown: it looks like key material>]"
+    return f"[{header}]"
+
+
+def _safe_key_name(name: str) -> bool:
+    return bool(_SAFE_KEY_NAME.fullmatch(name))
+
+
+def _parse_ini(ctx: _Context) -> configparser.ConfigParser:
+    cp = _new_parser()
+    try:
+        cp.read_string(ctx.text, source=ctx.path)
+    except configparser.MissingSectionHeaderError as e:
+        raise ctx.error(
+            "text before the first section header (a file starts with [server] or [client])",
+            line=e.lineno,
+        ) from None
+    except configparser.DuplicateSectionError as e:
+        first = ctx.section_lines.get(e.section)
+        raise ctx.error(
+            f"duplicate section {_section_label(e.section)} (first at line {first})", line=e.lineno
+        ) from None
+    except configparser.DuplicateOptionError as e:
+        first = ctx.key_lines.get((e.section, e.option))
+        if _safe_key_name(e.option):
+            raise ctx.error(
+                f"duplicate key (first set at line {first})",
+                section=e.section, key=e.option, line=e.lineno,
+            ) from None
+        raise ctx.error(f"[{e.section}] duplicate line (first at line {first})", line=e.lineno) from None
+    except configparser.ParsingError as e:
+        lineno = e.errors[0][0] if e.errors else None
+        raw = ctx.raw_lines[lineno - 1] if lineno and lineno <= len(ctx.raw_lines) else ""
+        hint = " (use '=' between key and value, not ':')" if ":" in raw and "=" not in raw else ""
+        raise ctx.error(
+            "cannot parse this line: expected 'key = value', a [section] header or a comment" + hint,
+            line=lineno,
+        ) from None
+    except (configparser.Error, ValueError) as e:
+        raise ctx.error(f"cannot parse the file ({type(e).__name__})") from None
+    if ctx.header_junk_line is not None:
+        raise ctx.error("unexpected text after the section header", line=ctx.header_junk_line)
+    return cp
+
+
+# --------------------------------------------------------------------------- sections
+
+_CLIENT_HEADER = re.compile(r"client\s+(?P<name>.*)", re.S)
+_CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}")
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?")
+_INT = re.compile(r"[0-9]+")
+_LABEL = r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+_LIST_SPLIT = re.compile(r"[,\s]+")
+
+
+class _Section:
+    """One section's values with helpers that raise ConfigError at the right line."""
+
+    def __init__(self, ctx: _Context, header: str, display: str, values: dict, allowed):
+        self.ctx = ctx
+        self.header = header  # as configparser knows it
+        self.display = display  # as shown in messages, without brackets
+        self.values = values
+        for key in values:  # file order
+            if key in allowed:
+                continue
+            valid = ", ".join(allowed)
+            if _safe_key_name(key):
+                hint = _did_you_mean(key, allowed)
+                raise ctx.error(
+                    f"unknown key {key!r}{hint}; valid keys: {valid}",
+                    section=display,
+                    line=ctx.key_lines.get((header, key), ctx.section_lines.get(header)),
+                )
+            raise ctx.error(
+                f"[{display}] unrecognised line (expected 'key = value' with one of: {valid})",
+                line=ctx.key_lines.get((header, key), ctx.section_lines.get(header)),
+            )
+
+    def error(self, problem, key=None):
+        return self.ctx.error(problem, header=self.header, section=self.display, key=key)
+
+    def has(self, key) -> bool:
+        return key in self.values
+
+    def get(self, key, *, multiline=False) -> str | None:
+        value = self.values.get(key)
+        if value is None:
+            return None
+        if "\n" in value and not multiline:
+            raise self.error(
+                "the value continues on an indented line below; remove the indentation "
+                "of the next line or join the lines",
+                key,
+            )
+        return value
+
+    def require(self, key) -> str:
+        value = self.get(key)
+        if value is None:
+            raise self.error(f"missing required key {key!r}")
+        if not value:
+            raise self.error("value is empty", key)
+        return value
+
+    def optional(self, key) -> str | None:
+        value = self.get(key)
+        if value is not None and not value:
+            raise self.error("value is empty (remove the line to use the default)", key)
+        return value
+
+    def items(self, key, *, required) -> list[str]:
+        value = self.get(key, multiline=True)
+        if value is None:
+            if required:
+                raise self.error(f"missing required key {key!r}")
+            return []
+        items = [v for v in _LIST_SPLIT.split(value.strip()) if v]
+        if required and not items:
+            raise self.error("value is empty (list at least one entry)", key)
+        return items
+
+    def integer(self, key, low, high, default=None, *, required=False) -> int | None:
+        value = self.require(key) if required else self.optional(key)
+        if value is None:
+            return default
+        if not _INT.fullmatch(value):
+            raise self.error(f"{_show(value)} is not a whole number", key)
+        number = int(value)
+        if not low <= number <= high:
+            raise self.error(f"{number} is out of range {low}-{high}", key)
+        return number
+
+
+def _did_you_mean(key, allowed) -> str:
+    import difflib  # only on this error path
+
+    close = difflib.get_close_matches(key, allowed, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _build(ctx: _Context, cp: configparser.ConfigParser):
+    server = None
+    bare_client = None
+    named: list[tuple[str, str]] = []  # (header, name)
+    for header in cp.sections():
+        kind = header.strip()
+        if kind in ("server", "client") and (server if kind == "server" else bare_client):
+            first = ctx.section_lines.get(server if kind == "server" else bare_client)
+            raise ctx.error(
+                f"duplicate section [{kind}] (first at line {first})",
+                line=ctx.section_lines.get(header),
+            )
+        if kind == "server":
+            server = header
+        elif kind == "client":
+            bare_client = header
+        elif (mo := _CLIENT_HEADER.fullmatch(kind)) is not None:
+            named.append((header, mo.group("name").strip()))
+        else:
+            raise ctx.error(
+                f"unknown section {_section_label(header)} (expected [server] with [client NAME] "
+                "peers, or a single [client])",
+                line=ctx.section_lines.get(header),
+            )
+    if server is not None and bare_client is not None:
+        raise ctx.error(
+            "a file is either a server config ([server] and [client NAME] peers) or a "
+            "client config (one [client]), not both",
+            line=ctx.section_lines.get(bare_client),
+        )
+    if server is None and bare_client is None:
+        if named:
+            header = named[0][0]
+            raise ctx.error(
+                f"[{header}] needs a [server] section ([client NAME] sections are the "
+                "peers of a server; a client config has a single [client])",
+                line=ctx.section_lines.get(header),
+            )
+        raise ctx.error("no [server] or [client] section")
+    if bare_client is not None:
+        if named:
+            header = named[0][0]
+            raise ctx.error(
+                f"[{header}] is only allowed in a server config; a client config has a "
+                "single [client] section",
+                line=ctx.section_lines.get(header),
+            )
+        return _build_client(ctx, bare_client, dict(cp[bare_client]))
+    return _build_server(ctx, server, dict(cp[server]), [(h, n, dict(cp[h])) for h, n in named])
+
+
+def _build_server(ctx, header, values, peers) -> ServerConfig:
+    s = _Section(ctx, header, "server", values, SERVER_KEYS)
+    listen_host, listen_port = _endpoint(s, "listen", listen=True)
+    interface = _interface(s)
+    addresses = _addresses(s)
+    server_id = s.integer("server_id", 0, MAX_SERVER_ID, default=0)
+    mtu = _mtu(s, addresses)
+    user = _user(s)
+    state_dir = _state_dir(s)
+
+    clients: list[Peer] = []
+    sections: list[_Section] = []
+    names: dict[str, str] = {}  # name -> header
+    ids: dict[int, str] = {}  # id -> name
+    keys: dict[bytes, str] = {}  # key -> name
+    for peer_header, name, peer_values in peers:
+        display = f"client {name}"
+        if not _CLIENT_NAME.fullmatch(name):
+            raise ctx.error(
+                f"invalid client name {_show(name)}: use 1-64 letters, digits and _ . - @ + "
+                "(starting with a letter or digit)",
+                line=ctx.section_lines.get(peer_header),
+            )
+        if name in names:
+            first = ctx.section_lines.get(names[name])
+            raise ctx.error(
+                f"duplicate client name {name!r} (first at line {first})",
+                line=ctx.section_lines.get(peer_header),
+            )
+        names[name] = peer_header
+        p = _Section(ctx, peer_header, display, peer_values, PEER_KEYS)
+        client_id = p.integer("id", 1, MAX_CLIENT_ID, required=True)
+        if client_id in ids:
+            raise p.error(f"{client_id} is already used by [client {ids[client_id]}]", "id")
+        ids[client_id] = name
+        key = _key(p)
+        if key in keys:
+            raise p.error(
+                f"the same key as [client {keys[key]}]; every client needs its own key",
+                "key" if p.has("key") else "key_file",
+            )
+        keys[key] = name
+        allowed = _networks(p, "allowed_ips", required=True)
+        for net in allowed:
+            for own in addresses:
+                if own.version == net.version and own.ip in net:
+                    raise p.error(
+                        f"{net} contains the server's own address {own.ip} "
+                        "([server] address)",
+                        "allowed_ips",
+                    )
+        clients.append(Peer(name=name, id=client_id, key=key, allowed_ips=allowed))
+        sections.append(p)
+    _check_overlaps(clients, sections)
+
+    return ServerConfig(
+        path=ctx.path,
+        listen_host=listen_host,
+        listen_port=listen_port,
+        interface=interface,
+        addresses=addresses,
+        server_id=server_id,
+        mtu=mtu,
+        clients=tuple(clients),
+        user=user,
+        state_dir=state_dir,
+    )
+
+
+def _check_overlaps(clients, sections) -> None:
+    """No two allowed_ips networks (of any clients) may overlap.
+
+    CIDR blocks either nest or are disjoint. Sorted by (version, start), a block
+    overlaps some earlier one exactly when it starts at or before the end of the
+    block just before it (as long as none overlapped so far, that block has the
+    largest end), so one pass over the sorted list finds an overlap if there is one.
+    """
+    entries = []  # (version, start, -end, file position, client index, network)
+    position = 0
+    for index, peer in enumerate(clients):
+        for net in peer.allowed_ips:
+            entries.append((net.version, int(net.network_address), -int(net.broadcast_address),
+                            position, index, net))
+            position += 1
+    entries.sort()
+    for previous, entry in zip(entries, entries[1:]):
+        if previous[0] != entry[0] or entry[1] > -previous[2]:
+            continue
+        first, second = (previous, entry) if previous[3] < entry[3] else (entry, previous)
+        later = sections[second[4]]
+        if first[4] == second[4]:
+            raise later.error(f"{second[5]} overlaps {first[5]} listed before it", "allowed_ips")
+        other = clients[first[4]].name
+        raise later.error(f"{second[5]} overlaps {first[5]} of [client {other}]", "allowed_ips")
+
+
+def _build_client(ctx, header, values) -> ClientConfig:
+    s = _Section(ctx, header, "client", values, CLIENT_KEYS)
+    client_id = s.integer("id", 1, MAX_CLIENT_ID, required=True)
+    server_host, server_port = _endpoint(s, "server", listen=False)
+    server_id = s.integer("server_id", 0, MAX_SERVER_ID, default=0)
+    key = _key(s)
+    interface = _interface(s)
+    addresses = _addresses(s)
+    routes = _networks(s, "routes", required=False)
+    keepalive = s.integer("keepalive", 0, MAX_KEEPALIVE, default=DEFAULT_KEEPALIVE)
+    mtu = _mtu(s, addresses)
+    user = _user(s)
+    state_dir = _state_dir(s)
+    return ClientConfig(
+        path=ctx.path,
+        id=client_id,
+        server_host=server_host,
+        server_port=server_port,
+        server_id=server_id,
+        key=key,
+        interface=interface,
+        addresses=addresses,
+        routes=routes,
+        keepalive=keepalive,
+        mtu=mtu,
+        user=user,
+        state_dir=state_dir,
+    )
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _endpoint(s: _Section, key: str, *, listen: bool) -> tuple[str, int]:
+    value = s.require(key)
+    example = "0.0.0.0:51900 or [::]:51900" if listen else "vpn.example.org:51900 or [fd00::1]:51900"
+    if value.startswith("["):
+        mo = re.fullmatch(r"\[([^\]]*)\](?::(.*))?", value)
+        if mo is None:
+            raise s.error(f"{_show(value)} is not host:port (e.g. {example})", key)
+        host, port = mo.group(1), mo.group(2)
+        try:
+            host = str(ipaddress.IPv6Address(host))
+        except ValueError:
+            raise s.error(f"{_show(host)} in brackets is not an IPv6 address", key) from None
+    else:
+        if value.count(":") > 1:
+            raise s.error(
+                f"{_show(value)}: write an IPv6 address in brackets, e.g. [fd00::1]:51900", key
+            )
+        host, sep, port = value.rpartition(":")
+        if not sep:
+            host, port = value, None
+        if not host:
+            raise s.error(f"{_show(value)} has no host (e.g. {example})", key)
+    if not port:
+        raise s.error(f"{_show(value)} has no port (e.g. {example})", key)
+    if not _INT.fullmatch(port):
+        raise s.error(f"port {_show(port)} is not a number", key)
+    port_number = int(port)
+    if not 1 <= port_number <= 65535:
+        raise s.error(f"port {port_number} is out of range 1-65535", key)
+
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if listen:
+        if ip is None:
+            raise s.error(
+                f"{_show(host)} is not an IP address; listen takes an IP literal such as "
+                "0.0.0.0 or [::]",
+                key,
+            )
+        return str(ip), port_number
+    if ip is not None:
+        if ip.is_unspecified or ip.is_multicast:
+            raise s.error(f"{ip} cannot be a server address", key)
+        return str(ip), port_number
+    if len(host.rstrip(".")) > 253 or not _HOSTNAME.fullmatch(host):
+        raise s.error(f"{_show(host)} is not a valid host name or IP address", key)
+    if host.rstrip(".").rsplit(".", 1)[-1].isdigit():
+        raise s.error(f"{_show(host)} is not a valid IPv4 address", key)
+    return host, port_number
+
+
+def _interface(s: _Section) -> str:
+    name = s.require("interface")
+    if any(c in name for c in "/:") or any(c.isspace() or not c.isprintable() for c in name) \
+            or name in (".", ".."):
+        raise s.error(
+            f"{_show(name)} is not a valid interface name (no '/', ':' or whitespace)",
+            "interface",
+        )
+    if len(name.encode("utf-8")) > 15:
+        raise s.error(f"{_show(name)} is too long for an interface name (at most 15 bytes)",
+                      "interface")
+    return name
+
+
+def _addresses(s: _Section) -> tuple:
+    out = []
+    seen = {}
+    for item in s.items("address", required=True):
+        if "/" not in item:
+            try:
+                ip = ipaddress.ip_address(item)
+            except ValueError:
+                pass
+            else:
+                example = "24" if ip.version == 4 else "64"
+                raise s.error(f"{ip} has no prefix length (e.g. {ip}/{example})", "address")
+        try:
+            iface = ipaddress.ip_interface(item)
+        except ValueError:
+            raise s.error(
+                f"{_show(item)} is not an IP address with a prefix length (e.g. 10.77.0.1/24)",
+                "address",
+            ) from None
+        net = iface.network
+        if iface.version == 4 and net.prefixlen <= 30:
+            if iface.ip == net.network_address:
+                raise s.error(f"{iface} is the network address of {net}, not a host address",
+                              "address")
+            if iface.ip == net.broadcast_address:
+                raise s.error(f"{iface} is the broadcast address of {net}, not a host address",
+                              "address")
+        if iface.ip in seen:
+            raise s.error(f"{iface.ip} is listed twice", "address")
+        seen[iface.ip] = iface
+        out.append(iface)
+    return tuple(out)
+
+
+def _networks(s: _Section, key: str, *, required: bool) -> tuple:
+    out = []
+    for item in s.items(key, required=required):
+        try:
+            net = ipaddress.ip_network(item, strict=True)
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise s.error(f"{_show(item)} is not an IP network", key) from None
+            host = ipaddress.ip_interface(item).ip
+            raise s.error(
+                f"{item} has host bits set (the network is {loose}; a single host is "
+                f"{host}/{loose.max_prefixlen})",
+                key,
+            ) from None
+        if net in out:
+            raise s.error(f"{net} is listed twice", key)
+        out.append(net)
+    return tuple(out)
+
+
+def _mtu(s: _Section, addresses: tuple) -> int | None:
+    mtu = s.integer("mtu", MIN_MTU, MAX_MTU)
+    if mtu is not None and mtu < MIN_MTU_IPV6:
+        for iface in addresses:
+            if iface.version == 6:
+                raise s.error(
+                    f"{mtu} is below {MIN_MTU_IPV6}, the minimum for IPv6 "
+                    f"(address {iface} is IPv6)",
+                    "mtu",
+                )
+    return mtu
+
+
+def _user(s: _Section) -> str | None:
+    user = s.optional("user")
+    if user is not None and not _USER.fullmatch(user):
+        raise s.error(f"{_show(user)} is not a valid user name", "user")
+    return user
+
+
+def _state_dir(s: _Section) -> str:
+    value = s.optional("state_dir")
+    if value is None:
+        return DEFAULT_STATE_DIR
+    if not os.path.isabs(value) or not value.isprintable():
+        raise s.error(f"{_show(value)} is not an absolute path", "state_dir")
+    return value
+
+
+def _key(s: _Section) -> bytes:
+    has_key, has_file = s.has("key"), s.has("key_file")
+    if has_key and has_file:
+        lines = s.ctx.key_lines
+        later = max(("key", "key_file"), key=lambda k: lines.get((s.header, k), 0))
+        raise s.error("key and key_file are mutually exclusive; keep only one", later)
+    if not has_key and not has_file:
+        raise s.error("missing key or key_file (the client's base64 256-bit key)")
+    if has_key:
+        value = s.get("key")
+        try:
+            return decode_key(value)
+        except KeyFormatError as e:
+            raise s.error(str(e), "key") from None
+    value = s.require("key_file")
+    path = value if os.path.isabs(value) else os.path.join(s.ctx.dir, value)
+    if not os.path.lexists(path):
+        try:
+            decode_key(value)
+        except KeyFormatError:
+            pass
+        else:
+            raise s.error(
+                "the value is a key, not a file name (write key = ... for an inline key)",
+                "key_file",
+            )
+    try:
+        return load_key_file(path)
+    except ConfigError as e:
+        raise s.error(str(e), "key_file") from None

@@ -1,0 +1,105 @@
+"""The platform interface: TUN devices, interface configuration and underlay MTU discovery.
+
+This package owns everything the daemon needs from the operating system's network stack
+apart from its UDP socket: opening a layer-3 TUN device, giving it addresses, an MTU and
+routes, and finding the MTU of the path the encrypted datagrams will take.  The rest of
+vpncrypt talks only to the functions and the `TunDevice` protocol defined here; each
+platform lives in its own backend module (`linux`, later `freebsd`), chosen at call time
+by `sys.platform`, so importing this package costs nothing on any platform.
+
+Every failure the daemon should report to an operator is raised as `TunError`, whose
+message is a single line that says what went wrong and, where possible, what to do.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+from typing import ClassVar, Protocol, runtime_checkable
+
+__all__ = [
+    "TunDevice",
+    "TunError",
+    "configure_interface",
+    "open_tun",
+    "underlay_mtu",
+]
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TunError(Exception):
+    """A TUN or interface-configuration failure; str() is one line meant for an operator."""
+
+
+@runtime_checkable
+class TunDevice(Protocol):
+    """An open layer-3 TUN device carrying one raw IP packet per read/write.
+
+    `fd` is non-blocking and close-on-exec, so it can be registered with `selectors`
+    directly; `read()` raises `BlockingIOError` when no packet is queued.
+    """
+
+    #: Bytes of per-packet header the platform puts in front of each IP packet on the
+    #: fd and that read()/write() strip/add.  0 on Linux (IFF_NO_PI); FreeBSD's
+    #: TUNSIFHEAD address-family word makes it 4.  Callers use it for buffer sizing only.
+    frame_prefix: ClassVar[int] = 0
+
+    name: str
+    fd: int
+
+    def read(self) -> bytes:
+        """Return one IP packet; raise BlockingIOError if none is queued."""
+        ...
+
+    def write(self, packet: bytes) -> None:
+        """Hand one IP packet (starting at the IP header) to the kernel."""
+        ...
+
+    def close(self) -> None:
+        """Close the fd; a non-persistent interface disappears with it.  Idempotent."""
+        ...
+
+
+def _backend() -> ModuleType:
+    # Imported lazily so that `import vpncrypt.tun` works (and is free) everywhere and a
+    # backend's own imports are only paid on the platform that uses it.
+    if sys.platform.startswith("linux"):
+        from . import linux
+
+        return linux
+    if sys.platform.startswith("freebsd"):
+        try:
+            from . import freebsd  # type: ignore[attr-defined]
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.freebsd":
+                raise
+            raise TunError("FreeBSD support is not implemented yet") from None
+        return freebsd
+    raise TunError(f"platform {sys.platform!r} is not supported (Linux only for now)")
+
+
+def open_tun(name: str) -> TunDevice:
+    """Create (or attach to) the layer-3 TUN interface `name` and return it open."""
+    return _backend().open_tun(name)
+
+
+def configure_interface(
+    name: str,
+    addresses: Sequence[IPInterface],
+    mtu: int,
+    routes: Sequence[IPNetwork],
+) -> None:
+    """Set `mtu`, add `addresses`, bring `name` up and route `routes` through it."""
+    _backend().configure_interface(name, addresses, mtu, routes)
+
+
+def underlay_mtu(dest: str | None) -> int:
+    """MTU of the interface the kernel would use to reach the IP literal `dest`.
+
+    With `dest` None: the largest MTU among up, non-loopback interfaces (1500 if none).
+    """
+    return _backend().underlay_mtu(dest)

@@ -1,0 +1,268 @@
+"""Linux backend: /dev/net/tun devices, and interface configuration through a helper process.
+
+The TUN device is opened with IFF_TUN|IFF_NO_PI, so each read() or write() on its fd is
+exactly one bare IP packet.  The interface is *not* made persistent: the kernel deletes it
+(with its addresses and routes) when the last fd attached to it is closed, so a daemon
+that crashes or is killed leaves no interface behind.  If a persistent TUN of the same
+name already exists (``ip tuntap add dev vpn0 mode tun user vpncrypt``), open_tun()
+attaches to it instead; that interface survives close(), and it is how an unprivileged
+daemon can be given a TUN (configuration itself still needs CAP_NET_ADMIN).
+
+Configuring addresses, MTU and routes, and asking the kernel which interface reaches an
+address, needs rtnetlink, which we do with pyroute2.  Importing pyroute2 costs about
+20 MB of resident memory that is never returned, while the daemon's whole steady-state
+budget is 16 MB.  So this module never imports it: it runs ``python -m
+vpncrypt.tun.netlink`` (see that module) as a short-lived child, sends it one JSON
+request on stdin and turns its one-line stderr report into a TunError.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import json
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from . import IPInterface, IPNetwork, TunError
+
+__all__ = ["LinuxTun", "configure_interface", "open_tun", "underlay_mtu"]
+
+TUN_PATH = "/dev/net/tun"
+
+# <linux/if_tun.h>: _IOW('T', 202, int), and the ifr_flags bits we use.
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IFNAMSIZ = 16  # including the terminating NUL, hence 15 usable bytes
+
+# struct ifreq: char ifr_name[16]; then a 24-byte union whose first member we use as
+# `short ifr_flags`.  The kernel copies all 40 bytes, so the padding must be there.
+_IFREQ = struct.Struct("16sH22x")
+
+# Largest IPv4/IPv6 packet a TUN can hand us (total-length/payload-length fields are
+# 16 bits; TUN never carries jumbograms).  Reading less would silently truncate.
+_READ_SIZE = 65535
+
+# Generous: the helper's cost is interpreter start-up plus importing pyroute2, which
+# can take seconds on a small router CPU.
+_HELPER_TIMEOUT = 60.0
+
+# The directory holding the `vpncrypt` package, passed to the helper so it imports the
+# same code as we run, even when vpncrypt is not installed (a checkout, a test run).
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class LinuxTun:
+    """An open Linux TUN device (see `vpncrypt.tun.TunDevice`)."""
+
+    frame_prefix: ClassVar[int] = 0  # IFF_NO_PI: no struct tun_pi in front of packets
+
+    __slots__ = ("name", "fd")
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.fd = fd
+        self.name = name
+
+    def read(self) -> bytes:
+        return os.read(self.fd, _READ_SIZE)
+
+    def write(self, packet: bytes) -> None:
+        # A TUN write is all-or-nothing; a packet the kernel cannot parse as IPv4/IPv6
+        # raises OSError(EINVAL), which the caller treats as a dropped packet.
+        os.write(self.fd, packet)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> LinuxTun:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = f"fd={self.fd}" if self.fd >= 0 else "closed"
+        return f"<LinuxTun {self.name!r} {state}>"
+
+
+def validate_name(name: str, *, allow_pattern: bool = True) -> bytes:
+    """Check `name` the way the kernel's dev_valid_name() would; return it encoded.
+
+    Control characters are refused too: the kernel allows them, but they are never what
+    an operator meant and would make log lines unreadable.  With `allow_pattern`, one
+    '%d' is accepted and the kernel substitutes the first free number.
+    """
+    if not isinstance(name, str) or not name:
+        raise TunError("interface name is empty")
+    raw = name.encode()
+    if len(raw) >= IFNAMSIZ:
+        unit = "characters" if name.isascii() else "bytes"
+        raise TunError(f"interface name {name!r} is longer than {IFNAMSIZ - 1} {unit}")
+    if name in (".", ".."):
+        raise TunError(f"interface name {name!r} is not allowed")
+    for ch in name:
+        if ch in "/:" or ch.isspace() or not ch.isprintable():
+            raise TunError(f"interface name {name!r} contains {ch!r}, which is not allowed")
+    if "%" in name:
+        # The kernel accepts exactly one '%', and only as "%d".
+        if not allow_pattern:
+            raise TunError(
+                f"interface name {name!r} is a pattern; use the name open_tun() returned"
+            )
+        pos = name.index("%")
+        if name[pos + 1 : pos + 2] != "d" or "%" in name[pos + 2 :]:
+            raise TunError(f"interface name {name!r}: '%' is only allowed once, as '%d'")
+    return raw
+
+
+def open_tun(name: str) -> LinuxTun:
+    """Create the TUN interface `name` (or attach to a persistent one) and return it.
+
+    `name` may contain one '%d'; the returned device's `name` is the one the kernel chose.
+    The interface is down and unconfigured; see configure_interface().
+    """
+    raw = validate_name(name)
+    try:
+        # Non-blocking for the event loop; close-on-exec so helpers we spawn (and
+        # anything else) cannot keep the interface alive after we close it.
+        fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise TunError(_open_error(exc)) from exc
+    try:
+        reply = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(raw, IFF_TUN | IFF_NO_PI))
+    except OSError as exc:
+        os.close(fd)
+        raise TunError(_setiff_error(name, exc)) from exc
+    actual = _IFREQ.unpack(reply)[0].split(b"\0", 1)[0].decode(errors="replace")
+    return LinuxTun(fd, actual)
+
+
+def _open_error(exc: OSError) -> str:
+    what = f"cannot open {TUN_PATH}: {exc.strerror}"
+    if exc.errno in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
+        return f"{what} (load the 'tun' kernel module: modprobe tun)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"{what} (run as root or with CAP_NET_ADMIN)"
+    return what
+
+
+def _setiff_error(name: str, exc: OSError) -> str:
+    if exc.errno == errno.EPERM:
+        return f"creating TUN {name!r} needs CAP_NET_ADMIN (run as root)"
+    if exc.errno == errno.EBUSY:
+        # Non-persistent TUNs take one fd; this one is attached to somebody else's.
+        return f"TUN {name!r} is already open elsewhere (another vpncrypt running?)"
+    if exc.errno == errno.EINVAL:
+        # Name already taken by a non-TUN interface (or a TAP, or a multi-queue TUN).
+        return f"cannot create TUN {name!r}: an interface of another kind already has that name"
+    return f"cannot create TUN {name!r}: {exc.strerror}"
+
+
+def configure_interface(
+    name: str,
+    addresses: Sequence[IPInterface],
+    mtu: int,
+    routes: Sequence[IPNetwork],
+) -> None:
+    """Set `mtu`, add `addresses`, bring `name` up and route `routes` through it.
+
+    Addresses are added with "replace" semantics and IPv6 ones with IFA_F_NODAD (usable
+    at once, no duplicate-address-detection delay), so re-running this on an interface
+    that is already configured is harmless.  A route that already exists through this
+    interface (typically the connected prefix of one of the addresses) is accepted; one
+    through another interface is an error.  Runs in a helper process; see module docs.
+    """
+    validate_name(name, allow_pattern=False)
+    try:
+        addrs = [ipaddress.ip_interface(a) for a in addresses]
+        nets = [ipaddress.ip_network(r) for r in routes]
+    except ValueError as exc:
+        raise TunError(f"configuring {name!r}: {exc}") from exc
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 65535:
+        raise TunError(f"configuring {name!r}: MTU {mtu!r} is outside 68..65535")
+    if mtu < 1280 and any(x.version == 6 for x in (*addrs, *nets)):
+        # The kernel silently disables IPv6 on an interface below the IPv6 minimum MTU.
+        raise TunError(f"configuring {name!r}: MTU {mtu} is below 1280, the minimum for IPv6")
+    _run_helper(
+        {
+            "op": "configure",
+            "ifname": name,
+            "mtu": mtu,
+            "addresses": [str(a) for a in addrs],
+            "routes": [str(n) for n in nets],
+        }
+    )
+
+
+def underlay_mtu(dest: str | None) -> int:
+    """MTU of the interface (or route, if it carries a smaller MTU) used to reach `dest`.
+
+    With `dest` None, the largest MTU among interfaces that are up (administratively and
+    with carrier) and not loopback; 1500 if there is none.  A local address of this host
+    is reached through `lo`, whose MTU is then the answer.
+    """
+    if dest is not None:
+        try:
+            dest = str(ipaddress.ip_address(dest))
+        except ValueError:
+            raise TunError(f"underlay MTU: {dest!r} is not an IP address") from None
+    reply = _run_helper({"op": "underlay_mtu", "dest": dest})
+    return int(reply["mtu"])
+
+
+def _run_helper(request: dict[str, Any]) -> dict[str, Any]:
+    """Run `python -m vpncrypt.tun.netlink` on `request`; return its JSON reply."""
+    if not sys.executable:
+        raise TunError("cannot find the Python interpreter to run the interface helper")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    try:
+        proc = subprocess.run(
+            # -P and cwd="/": we are usually root, and `-m` would otherwise put the
+            # current directory (possibly world-writable) first on the module path.
+            [sys.executable, "-P", "-m", "vpncrypt.tun.netlink"],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=_HELPER_TIMEOUT,
+            env=env,
+            cwd="/",
+        )
+    except subprocess.TimeoutExpired:
+        raise TunError(
+            f"interface helper did not finish within {_HELPER_TIMEOUT:.0f} s"
+        ) from None
+    except OSError as exc:
+        raise TunError(f"cannot run interface helper {sys.executable}: {exc.strerror}") from exc
+    if proc.returncode != 0:
+        raise TunError(_helper_failure(proc))
+    try:
+        reply = json.loads(proc.stdout)
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict):
+        raise TunError("interface helper returned malformed output")
+    return reply
+
+
+def _helper_failure(proc: subprocess.CompletedProcess[str]) -> str:
+    # The helper's contract is one line on stderr; if something else got there (an
+    # interpreter crash, a warning) the last line is still the most telling one.
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+    if lines:
+        return lines[-1]
+    if proc.returncode < 0:
+        return f"interface helper was killed by signal {-proc.returncode}"
+    return f"interface helper failed with exit status {proc.returncode}"
