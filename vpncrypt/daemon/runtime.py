@@ -5,7 +5,6 @@ server.py and client.py; the protocol decisions in vpncrypt.protocol.
 
 import collections
 import errno
-import os
 import selectors
 import signal
 import socket
@@ -204,7 +203,7 @@ class Runtime:
 
     def write_tun(self, packet) -> bool:
         try:
-            os.write(self.tun.fd, packet)
+            self.tun.write(packet)  # the device adds any per-packet platform header
             return True
         except BlockingIOError:
             return False
