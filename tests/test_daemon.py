@@ -158,3 +158,67 @@ def test_config_error_is_one_line_and_exit_2(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(bad) in lines[0] and "Traceback" not in proc.stderr
+
+
+REPLAY_SENDER = """
+import socket, sys
+payloads = [bytes.fromhex(h) for h in open(sys.argv[1]).read().split()]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for p in payloads:
+    s.sendto(p, (sys.argv[2], int(sys.argv[3])))
+print(len(payloads))
+"""
+
+
+def test_replayed_packets_never_reach_the_other_side(netns_factory, tmp_path):
+    vpn = Deployment(netns_factory, tmp_path, keepalive=0).start()
+    client = vpn.client_host()
+    vpn.wait_ping(client, SERVER_TUN4)
+    pcap_path = str(tmp_path / "tunnel.pcap")
+    dump = vpn.server_host.popen(["tcpdump", "-n", "-U", "-i", vpn.links[0][0], "-w", pcap_path,
+                                  "udp port 51900"], stderr=subprocess.PIPE, text=True)
+    assert "listening on" in dump.stderr.readline()
+    vpn.ping(client, SERVER_TUN4, count=10)
+    vpn.ping(vpn.server_host, client_tun4(1), count=10)
+    sent, received = transfer(client, vpn.server_host, SERVER_TUN4, 2 * MB)
+    assert_same(sent, received, 2 * MB)
+    time.sleep(0.5)
+    dump.send_signal(signal.SIGINT)
+    dump.wait(10)
+
+    from pcap import udp_payloads
+
+    packets = udp_payloads(pcap_path)
+    to_server = [p for p in packets if p[3] == 51900]
+    to_client = [p for p in packets if p[1] == 51900]
+    assert len(to_server) > 100 and len(to_client) > 50
+    client_port = to_client[0][3]
+    (tmp_path / "up.hex").write_text("\n".join(p[4].hex() for p in to_server))
+    (tmp_path / "down.hex").write_text("\n".join(p[4].hex() for p in to_client))
+
+    server_before = vpn.server.stats()["peers"]["c1"]
+    client_before = vpn.clients[0].stats()
+    for delay in (0, 6):  # at once (duplicates), and after 6 s (stale)
+        time.sleep(delay)
+        client.python(REPLAY_SENDER, str(tmp_path / "up.hex"), "10.200.1.1", "51900")
+        vpn.server_host.python(REPLAY_SENDER, str(tmp_path / "down.hex"), "10.200.1.2",
+                               str(client_port))
+    time.sleep(0.5)
+    server_after = vpn.server.stats()["peers"]["c1"]
+    client_after = vpn.clients[0].stats()
+    # Nothing replayed was accepted (so nothing reached a TUN) and every copy was counted.
+    assert server_after["rx_packets"] == server_before["rx_packets"]
+    assert client_after["rx_packets"] == client_before["rx_packets"]
+
+    def dropped(stats):
+        return sum(int(v) for k, v in stats.items() if k.startswith("drop_"))
+
+    # Time-sync requests carry no timestamp; a replayed one earns at most a (rate-limited)
+    # answer, never an accepted packet. Every other replayed packet is a counted drop.
+    timed_up = [p for p in to_server if p[4][0] != 0x03]
+    assert dropped(server_after) - dropped(server_before) >= 2 * len(timed_up)
+    assert dropped(client_after) - dropped(client_before) == 2 * len(to_client)
+    # The replays came from another port, yet never moved the client's endpoint.
+    assert "endpoint client=c1" not in vpn.server.text()
+    # And the real tunnel still works.
+    vpn.ping(client, SERVER_TUN4)
