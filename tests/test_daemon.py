@@ -1,6 +1,8 @@
 """The daemon end to end: real vpncryptd processes, TUN devices and UDP between namespaces."""
 
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -222,3 +224,31 @@ def test_replayed_packets_never_reach_the_other_side(netns_factory, tmp_path):
     assert "endpoint client=c1" not in vpn.server.text()
     # And the real tunnel still works.
     vpn.ping(client, SERVER_TUN4)
+
+
+def test_client_follows_the_server_name_when_the_server_moves(netns_factory, tmp_path):
+    vpn = Deployment(netns_factory, tmp_path, keepalive=2)
+    client = vpn.client_host()
+    # `ip netns exec` bind-mounts /etc/netns/NAME/hosts over /etc/hosts for the client.
+    etc = f"/etc/netns/{client.name}"
+    os.makedirs(etc, exist_ok=True)
+    try:
+        hosts = os.path.join(etc, "hosts")
+        with open(hosts, "w") as f:
+            f.write("10.200.1.1 vpn.test\n")
+        vpn.write("client1.conf", vpn.client_text(1, 2).replace("10.200.1.1:51900",
+                                                                 "vpn.test:51900"))
+        vpn.start()
+        vpn.clients[0].wait_log(r"server vpn\.test \(10\.200\.1\.1:51900\)")
+        vpn.wait_ping(client, SERVER_TUN4)
+        # The server gets a new address and DNS follows; the old address goes dark.
+        vpn.server_host.replace_addr(vpn.links[0][0], "10.200.1.1/24", "10.200.1.5/24")
+        with open(hosts, "r+") as f:  # in place: the bind mount keeps the same inode
+            f.write("10.200.1.5 vpn.test\n")
+            f.truncate()
+        vpn.clients[0].wait_log(r"server-silent", timeout=30)
+        vpn.clients[0].wait_log(r"server-address server=vpn\.test old=10\.200\.1\.1:51900 "
+                                r"new=10\.200\.1\.5:51900", timeout=15)
+        vpn.wait_ping(client, SERVER_TUN4, timeout=15)
+    finally:
+        shutil.rmtree(etc, ignore_errors=True)

@@ -1,0 +1,96 @@
+"""Daemon pieces without I/O: allowed-IPs routing, inner packet parsing, ICMP replies, log limits."""
+
+import ipaddress
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import packets
+from vpncrypt.daemon import ippacket
+from vpncrypt.daemon.logs import RateLimiter, kv
+from vpncrypt.daemon.routing import AllowedIPs
+
+
+def networks(version):
+    bits = 32 if version == 4 else 128
+    make = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
+    return st.tuples(st.integers(0, 2**bits - 1), st.integers(0, bits)).map(
+        lambda t: make((t[0] >> (bits - t[1]) << (bits - t[1]), t[1])))
+
+
+@settings(max_examples=200, deadline=None)
+@given(nets=st.lists(st.one_of(networks(4), networks(6)), max_size=30),
+       probes=st.lists(st.one_of(st.integers(0, 2**32 - 1).map(lambda a: (4, a)),
+                                 st.integers(0, 2**128 - 1).map(lambda a: (6, a))), max_size=30),
+       seed=st.integers(0, 1000))
+def test_longest_prefix_match_agrees_with_brute_force(nets, probes, seed):
+    table, owners = AllowedIPs(), {}
+    for i, net in enumerate(nets):
+        table.add(net, i)
+        owners[net] = i  # a later identical network replaces the earlier owner
+    rng = random.Random(seed)
+    # Probe addresses inside the networks too, not only random ones.
+    for net in nets[:10]:
+        probes.append((net.version, int(net.network_address) + rng.randrange(net.num_addresses)))
+    for version, addr in probes:
+        ip = ipaddress.IPv4Address(addr) if version == 4 else ipaddress.IPv6Address(addr)
+        matches = [n for n in owners if n.version == version and ip in n]
+        expected = owners[max(matches, key=lambda n: n.prefixlen)] if matches else None
+        assert table.lookup(version, addr) == expected
+
+
+def test_addresses_of_inner_packets():
+    v4 = packets.echo_request("10.1.2.3", "10.9.8.7")
+    v6 = packets.echo_request("fd00::1", "fd00::2")
+    assert ippacket.addresses(v4) == (4, int(ipaddress.ip_address("10.1.2.3")),
+                                      int(ipaddress.ip_address("10.9.8.7")))
+    assert ippacket.addresses(v6) == (6, int(ipaddress.ip_address("fd00::1")),
+                                      int(ipaddress.ip_address("fd00::2")))
+    for bad in (b"", b"\x45" * 19, b"\x60" * 39, b"\x00" * 60, b"\x55" * 60):
+        assert ippacket.addresses(bad) is None
+
+
+def test_icmp_fragmentation_needed_is_well_formed():
+    big = packets.ipv4("10.1.0.9", "10.2.0.1", 17, bytes(1500), dont_fragment=True)
+    reply = ippacket.too_big(big, 1400, ipaddress.ip_address("10.1.0.1").packed, None)
+    ip = packets.parse_ip(reply)  # checks the header checksum and lengths
+    assert (str(ip.src), str(ip.dst), ip.proto) == ("10.1.0.1", "10.1.0.9", 1)
+    icmp = ip.payload
+    assert icmp[0] == 3 and icmp[1] == 4  # destination unreachable, fragmentation needed
+    assert int.from_bytes(icmp[6:8], "big") == 1400
+    assert packets.checksum(icmp) == 0
+    assert icmp[8:] == big[:28]  # quotes the IP header and 8 bytes of payload
+    no_df = packets.ipv4("10.1.0.9", "10.2.0.1", 17, bytes(1500), dont_fragment=False)
+    assert ippacket.too_big(no_df, 1400, b"\x0a\x01\x00\x01", None) is None
+
+
+def test_icmpv6_packet_too_big_is_well_formed():
+    big = packets.ipv6("fd00::9", "fd00:2::1", 17, bytes(1500))
+    ours = ipaddress.ip_address("fd00::1").packed
+    reply = ippacket.too_big(big, 1400, None, ours)
+    ip = packets.parse_ip(reply)
+    assert (str(ip.src), str(ip.dst), ip.proto) == ("fd00::1", "fd00::9", 58)
+    assert len(reply) <= 1280
+    body = ip.payload
+    assert body[0] == 2 and int.from_bytes(body[4:8], "big") == 1400
+    pseudo = packets.pseudo_header("fd00::1", "fd00::9", 58, len(body))
+    assert packets.checksum(pseudo + body) == 0
+    assert ippacket.too_big(big, 1400, b"\x0a\x00\x00\x01", None) is None  # no v6 address
+
+
+def test_rate_limiter_holds_back_and_counts():
+    limiter = RateLimiter(interval=10.0, max_keys=3)
+    assert limiter.allow("a", 0.0) == 0
+    assert limiter.allow("a", 1.0) is None
+    assert limiter.allow("a", 2.0) is None
+    assert limiter.allow("b", 2.0) == 0
+    assert limiter.allow("a", 10.0) == 2  # two lines were held back
+    for key in "cdefgh":  # a flood of distinct keys keeps the table bounded
+        limiter.allow(key, 11.0)
+    assert len(limiter._next) <= 3
+
+
+def test_kv_quotes_values_with_spaces():
+    assert kv("drop", reason="auth", detail="a b") == 'drop reason=auth detail="a b"'
+    assert kv("x", empty="") == 'x empty=""'
