@@ -37,6 +37,7 @@ class Daemon:
     def __init__(self, host, conf: str, log: str, prefix=(), env=None):
         self.host, self.conf, self.log = host, conf, log
         self._log_file = open(log, "ab")
+        self.log_start = self._log_file.tell()  # a restarted daemon appends to the same log
         argv = [*prefix, sys.executable, "-m", "vpncrypt.cli.vpncryptd", "-c", conf, "-f"]
         self.proc = host.popen(argv, stdout=self._log_file, stderr=subprocess.STDOUT,
                                env=python_env(env), cwd=REPO_ROOT)
@@ -45,9 +46,10 @@ class Daemon:
         with open(self.log, errors="replace") as f:
             return f.read()
 
-    def wait_log(self, pattern: str, timeout: float = 15.0, after: int = 0) -> re.Match:
-        """Wait until the log (from character `after`) matches `pattern`."""
+    def wait_log(self, pattern: str, timeout: float = 15.0, after: int | None = None) -> re.Match:
+        """Wait until this daemon's log (from character `after`) matches `pattern`."""
         deadline = time.monotonic() + timeout
+        after = self.log_start if after is None else after
         while True:
             text = self.text()
             match = re.search(pattern, text[after:])
@@ -115,7 +117,8 @@ class Deployment:
     def server_text(self, clients=None) -> str:
         listen = f"[::]:{PORT}" if self.v6_underlay else f"0.0.0.0:{PORT}"
         text = (f"[server]\nlisten = {listen}\ninterface = vpn0\n"
-                f"address = {SERVER_TUN4}/24, {SERVER_TUN6}/64\nserver_id = {self.server_id}\n")
+                f"address = {SERVER_TUN4}/24, {SERVER_TUN6}/64\nserver_id = {self.server_id}\n"
+                f"state_dir = {self.state_dir('server')}\n")
         for i in clients or range(1, len(self.client_hosts) + 1):
             text += (f"\n[client c{i}]\nid = {i}\nkey = {self.keys[i - 1]}\n"
                      f"allowed_ips = {client_tun4(i)}/32, {client_tun6(i)}/128\n")
@@ -127,7 +130,12 @@ class Deployment:
     def client_text(self, i: int, keepalive: int) -> str:
         return (f"[client]\nid = {i}\nserver = {self.server_underlay(i)}\n"
                 f"server_id = {self.server_id}\nkey = {self.keys[i - 1]}\ninterface = vpn0\n"
-                f"address = {client_tun4(i)}/24, {client_tun6(i)}/64\nkeepalive = {keepalive}\n")
+                f"address = {client_tun4(i)}/24, {client_tun6(i)}/64\nkeepalive = {keepalive}\n"
+                f"state_dir = {self.state_dir(f'client{i}')}\n")
+
+    def state_dir(self, name: str) -> str:
+        """Each daemon's own control-socket directory (the namespaces share one filesystem)."""
+        return os.path.join(self.tmp, name + "-state")
 
     def log(self, name: str) -> str:
         return os.path.join(self.tmp, name + ".log")

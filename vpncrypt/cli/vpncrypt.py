@@ -3,6 +3,7 @@
 Usage:
   vpncrypt genkey
   vpncrypt check-config FILE
+  vpncrypt show [INTERFACE] [--json | --prometheus] [--state-dir=DIR]
   vpncrypt --version
   vpncrypt -h | --help
 
@@ -10,6 +11,13 @@ Commands:
   genkey        Print a fresh 256-bit key (base64). Keys are symmetric: the same key
                 goes in the server's [client NAME] section and in that client's file.
   check-config  Validate a configuration file without starting anything.
+  show          Status of the running daemons (all, or the one on INTERFACE): a table,
+                the JSON document (--json, see docs/CONTROL.md) or Prometheus text.
+
+Options:
+  --json            Print the status as JSON (one document per daemon, in a list).
+  --prometheus      Print the status in Prometheus text format (node_exporter textfile).
+  --state-dir=DIR   Where the daemons' control sockets are [default: /run/vpncrypt].
 """
 
 import sys
@@ -37,6 +45,34 @@ def main(argv=None) -> None:
             print(f"{cfg.path}: OK (server, {len(cfg.clients)} clients)")
         else:
             print(f"{cfg.path}: OK (client id {cfg.id}, server {cfg.server_host}:{cfg.server_port})")
+    elif args["show"]:
+        show(args)
+
+
+def show(args) -> None:
+    import json
+
+    from .. import control, status
+
+    state_dir = args["--state-dir"]
+    if args["INTERFACE"]:
+        paths = [control.socket_path(state_dir, args["INTERFACE"])]
+    else:
+        paths = control.sockets(state_dir)
+        if not paths:
+            fail(PROG, f"no running vpncryptd (no control socket in {state_dir})", 1)
+    docs = []
+    for path in paths:
+        try:
+            docs.append(control.request(path, {"command": "show"}))
+        except control.ControlError as e:
+            fail(PROG, str(e), 1)
+    if args["--json"]:
+        print(json.dumps(docs, indent=2, sort_keys=True))
+    elif args["--prometheus"]:
+        sys.stdout.write(status.render_prometheus(docs))
+    else:
+        print("\n\n".join(status.render_table(doc) for doc in docs))
 
 
 if __name__ == "__main__":

@@ -59,13 +59,13 @@ def main(argv=None) -> None:
     foreground = args["--foreground"]
     logs.setup(args["--verbose"], foreground)
     if cfg.role == "server":
-        from ..daemon.server import run
+        from ..daemon.server import Server as Daemon
     else:
-        from ..daemon.client import run
+        from ..daemon.client import Client as Daemon
     try:
         if not foreground:
             daemonize()
-        run(cfg, None if crypto == "auto" else crypto)
+        Daemon(cfg, None if crypto == "auto" else crypto).main()
     except FatalError as e:
         logs.log.error("%s", e)
         fail(PROG, str(e), 1)

@@ -9,7 +9,7 @@ from .. import config as configmod
 from ..protocol.session import ClientSession, Opened
 from ..protocol.wire import KEEPALIVE_BODY, STALE_AFTER, Drop, Kind
 from .logs import kv, log
-from .runtime import BATCH, FatalError, Runtime, format_addr
+from .runtime import BATCH, Runtime, format_addr
 
 RESOLVE_EVERY = 300.0  # seconds between routine re-resolutions of the server's name
 SILENCE = 15.0  # server silent this long while we send: re-resolve and re-sync the clock
@@ -64,6 +64,7 @@ class Client(Runtime):
         mtu = cfg.mtu or self.default_mtu(family, self.server[1][0] if self.server else None)
         self.open_tun(mtu, cfg.routes)
         self.sock = self.make_socket(family, ("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        self.open_control()
         server = format_addr(self.server[1]) if self.server else "unresolved"
         log.info(
             "client started: id %d, interface %s (%s, mtu %d), server %s (%s), server id %d, "
@@ -91,9 +92,7 @@ class Client(Runtime):
             if len(packet) > self.mtu:
                 self.icmp_too_big(packet)
                 continue
-            if self.send_sealed(Kind.DATA, packet, time.monotonic()):
-                self.counters.tx_packets += 1
-                self.counters.tx_bytes += len(packet)
+            self.send_sealed(Kind.DATA, packet, time.monotonic())
 
     def on_udp(self) -> None:
         sock, session = self.sock, self.session
@@ -174,6 +173,8 @@ class Client(Runtime):
                   else self.session.seal(kind, body, self.now()))
         if not self.send(packet, self.server[1]):
             return False
+        self.counters.tx_packets += 1
+        self.counters.tx_bytes += len(packet)  # on the wire: UDP payload, overhead included
         self.last_tx = mono
         if self.unanswered_since is None:
             self.unanswered_since = mono
@@ -225,15 +226,14 @@ class Client(Runtime):
         super()._on_wake()
         self.finish_resolve()
 
-    def reload(self) -> None:
+    def reload(self) -> str | None:
         try:
             new = configmod.load(self.config.path)
+            if new.role != "client":
+                raise configmod.ConfigError(f"{self.config.path}: is no longer a client configuration")
         except configmod.ConfigError as e:
             log.error("reload failed, keeping the running configuration: %s", e)
-            return
-        if new.role != "client":
-            log.error("reload failed: %s is no longer a client configuration", self.config.path)
-            return
+            return str(e)
         for what in ("id", "server_id", "key", "interface", "addresses", "routes", "mtu"):
             if getattr(new, what) != getattr(self.config, what):
                 log.warning("reload: '%s' changed; it takes effect after a restart", what)
@@ -244,14 +244,20 @@ class Client(Runtime):
         })
         log.info("reloaded %s; re-resolving %s", new.path, new.server_host)
         self.start_resolve(time.monotonic())
+        return None
 
+    def status(self) -> dict:
+        doc = super().status()
+        mono = time.monotonic()
+        doc.update({
+            "id": self.config.id,
+            "server": f"{self.config.server_host}:{self.config.server_port}",
+            "endpoint": format_addr(self.server[1]) if self.server else None,
+            "server_id": self.config.server_id,
+            "keepalive": self.config.keepalive,
+            "clock_synced": self.synced,
+            "clock_offset": round(self.offset, 3),
+            "last_rx_seconds": round(mono - self.last_rx, 3) if self.last_rx else None,
+        })
+        return doc
 
-def run(config, crypto=None) -> None:
-    client = Client(config, crypto)
-    try:
-        client.start()
-    except FatalError:
-        if client.tun is not None:
-            client.tun.close()
-        raise
-    client.run()

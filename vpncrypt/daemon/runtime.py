@@ -5,12 +5,14 @@ server.py and client.py; the protocol decisions in vpncrypt.protocol.
 
 import collections
 import errno
+import json
+import os
 import selectors
 import signal
 import socket
 import time
 
-from .. import tun
+from .. import control, tun
 from ..protocol import aead, wire
 from ..protocol.wire import Drop
 from .logs import RateLimiter, kv, log
@@ -30,6 +32,11 @@ class Counters:
     def __init__(self):
         self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
         self.drops = collections.Counter()
+
+    def as_json(self) -> dict:
+        return {"rx_packets": self.rx_packets, "rx_bytes": self.rx_bytes,
+                "tx_packets": self.tx_packets, "tx_bytes": self.tx_bytes,
+                "drops": {Drop(r).label: n for r, n in sorted(self.drops.items())}}
 
     def summary(self) -> dict:
         out = {"rx_packets": self.rx_packets, "rx_bytes": self.rx_bytes,
@@ -66,6 +73,7 @@ class Runtime:
         self.dump_requested = False
         self.tun = None
         self.sock = None
+        self.control = None
         self.mtu = None
         self.started = time.monotonic()
 
@@ -111,6 +119,80 @@ class Runtime:
         sock.setblocking(False)
         return sock
 
+    def open_control(self) -> None:
+        """The control socket (vpncrypt/control.py): root-only, one per interface."""
+        path = control.socket_path(self.config.state_dir, self.tun.name)
+        try:
+            os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
+            if os.path.exists(path):
+                try:
+                    control.request(path, {"command": "show"}, timeout=1.0)
+                except control.ControlError:
+                    os.unlink(path)  # left behind by a daemon that was killed
+                else:
+                    raise FatalError(f"another vpncryptd already serves {self.tun.name} ({path})")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            umask = os.umask(0o177)  # created 0600: the socket shows keys' owners' data only
+            try:
+                sock.bind(path)
+            finally:
+                os.umask(umask)
+            sock.listen(8)
+            sock.setblocking(False)
+        except OSError as e:
+            raise FatalError(f"control socket {path}: {e.strerror or e}") from None
+        self.control, self.control_path = sock, path
+        self.selector.register(sock, selectors.EVENT_READ, self.on_control)
+
+    def on_control(self) -> None:
+        try:
+            conn, _ = self.control.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        with conn:
+            # A slow or silent client may hold the loop for at most this long.
+            conn.settimeout(1.0)
+            try:
+                data = b""
+                while not data.endswith(b"\n") and len(data) < control.MAX_REQUEST:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                request = json.loads(data)
+                reply = self.handle_control(request if isinstance(request, dict) else {})
+            except (ValueError, UnicodeDecodeError):
+                reply = {"ok": False, "error": "the request is not a JSON object"}
+            except OSError:
+                return
+            try:
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                pass
+
+    def handle_control(self, request: dict) -> dict:
+        command = request.get("command")
+        if command == "show":
+            return self.status()
+        if command == "reload":
+            error = self.reload()
+            return {"ok": error is None, "error": error} if error else {"ok": True}
+        return {"ok": False, "error": f"unknown command {command!r} (show, reload)"}
+
+    def status(self) -> dict:
+        """The `show` document: common fields; subclasses add their own."""
+        return {
+            "version": control.SCHEMA_VERSION,
+            "role": self.role,
+            "interface": self.tun.name,
+            "pid": os.getpid(),
+            "crypto": self.crypto_path,
+            "uptime": round(time.monotonic() - self.started, 3),
+            "mtu": self.mtu,
+            "addresses": [str(a) for a in self.config.addresses],
+            "totals": self.counters.as_json(),
+        }
+
     def install_signals(self) -> None:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -141,6 +223,20 @@ class Runtime:
 
     # -- loop ---------------------------------------------------------------------------------
 
+    def main(self) -> None:
+        """Set up (raising FatalError with a one-line reason), then serve until stopped."""
+        try:
+            self.start()
+        except FatalError:
+            for thing in (self.tun, self.sock, self.control):
+                if thing is not None:
+                    thing.close()
+            raise
+        self.run()
+
+    def start(self) -> None:
+        raise NotImplementedError
+
     def run(self) -> None:
         self.install_signals()
         self.selector.register(self.tun.fd, selectors.EVENT_READ, self.on_tun)
@@ -169,6 +265,12 @@ class Runtime:
             self.tun.close()  # a non-persistent TUN interface disappears with its descriptor
         if self.sock is not None:
             self.sock.close()
+        if self.control is not None:
+            self.control.close()
+            try:
+                os.unlink(self.control_path)
+            except OSError:
+                pass
         log.info("stopped")
 
     def replace_socket(self, sock) -> None:
@@ -242,8 +344,9 @@ class Runtime:
     def tick(self, monotonic_now: float) -> None:
         pass
 
-    def reload(self) -> None:
-        pass
+    def reload(self) -> str | None:
+        """Re-read the configuration; the error as one line, or None."""
+        return None
 
     def dump_stats(self) -> None:
         log.info(kv("stats", role=self.role, **self.counters.summary()))

@@ -10,7 +10,7 @@ from ..protocol.wire import KEEPALIVE_BODY, Drop, Kind
 from . import ippacket
 from .logs import kv, log
 from .routing import AllowedIPs
-from .runtime import BATCH, Counters, FatalError, Runtime, format_addr
+from .runtime import BATCH, Counters, Runtime, format_addr
 
 
 class PeerState:
@@ -61,6 +61,7 @@ class Server(Runtime):
         mtu = cfg.mtu or self.default_mtu(family, None)
         self.open_tun(mtu)
         self.sock = self.make_socket(family, (cfg.listen_host, cfg.listen_port))
+        self.open_control()
         addrs = ", ".join(str(a) for a in cfg.addresses)
         log.info(
             "server started: interface %s (%s, mtu %d), listening on %s, server id %d, "
@@ -93,10 +94,10 @@ class Server(Runtime):
                 if result.kind == Kind.KEEPALIVE:
                     # Answer in kind (same size, replay-protected) so the client can tell
                     # a live server from a silent one.
-                    self.send(core.seal(peer.id, Kind.KEEPALIVE, KEEPALIVE_BODY, now), addr)
+                    self.send_to(peer, core.seal(peer.id, Kind.KEEPALIVE, KEEPALIVE_BODY, now), addr)
             elif type(result) is Reply:
                 # Time-sync requests are not replay-protected, so they never move the endpoint.
-                self.send(result.packet, addr)
+                self.send_to(peers[result.client_id], result.packet, addr)
             else:
                 peer = peers.get(result.client_id)
                 self.drop(peer.counters if peer else None, result.reason, now, addr,
@@ -142,21 +143,23 @@ class Server(Runtime):
             if len(packet) > self.mtu:
                 self.icmp_too_big(packet)
                 continue
-            if self.send(core.seal(peer.id, Kind.DATA, packet, now), peer.endpoint):
-                peer.counters.tx_packets += 1
-                peer.counters.tx_bytes += len(packet)
+            self.send_to(peer, core.seal(peer.id, Kind.DATA, packet, now), peer.endpoint)
+
+    def send_to(self, peer, packet, addr) -> None:
+        if self.send(packet, addr):
+            peer.counters.tx_packets += 1
+            peer.counters.tx_bytes += len(packet)  # on the wire: UDP payload, overhead included
 
     # -- control ------------------------------------------------------------------------------
 
-    def reload(self) -> None:
+    def reload(self) -> str | None:
         try:
             new = configmod.load(self.config.path)
+            if new.role != "server":
+                raise configmod.ConfigError(f"{self.config.path}: is no longer a server configuration")
         except configmod.ConfigError as e:
             log.error("reload failed, keeping the running configuration: %s", e)
-            return
-        if new.role != "server":
-            log.error("reload failed: %s is no longer a server configuration", self.config.path)
-            return
+            return str(e)
         for what in ("listen_host", "listen_port", "interface", "addresses", "server_id", "mtu"):
             if getattr(new, what) != getattr(self.config, what):
                 log.warning("reload: '%s' changed; it takes effect after a restart", what)
@@ -166,6 +169,25 @@ class Server(Runtime):
         after = {p.id: (p.name, p.allowed_ips) for p in self.peers.values()}
         log.info("reloaded %s: %d clients (%d added, %d removed)", new.path, len(after),
                  len(after.keys() - before.keys()), len(before.keys() - after.keys()))
+        return None
+
+    def status(self) -> dict:
+        doc = super().status()
+        now = time.time()
+        doc.update({
+            "listen": format_addr((self.config.listen_host, self.config.listen_port)),
+            "server_id": self.config.server_id,
+            "clients": [{
+                "name": p.name,
+                "id": p.id,
+                "allowed_ips": [str(n) for n in p.allowed_ips],
+                "endpoint": format_addr(p.endpoint) if p.endpoint else None,
+                "last_rx_seconds": round(now - p.last_rx, 3) if p.last_rx else None,
+                "roams": p.roams,
+                **p.counters.as_json(),
+            } for p in sorted(self.peers.values(), key=lambda p: p.id)],
+        })
+        return doc
 
     def dump_stats(self) -> None:
         super().dump_stats()
@@ -176,13 +198,3 @@ class Server(Runtime):
             log.info(kv("peer", client=peer.name, id=peer.id, endpoint=endpoint,
                         roams=peer.roams, **peer.counters.summary()))
 
-
-def run(config, crypto=None) -> None:
-    server = Server(config, crypto)
-    try:
-        server.start()
-    except FatalError:
-        if server.tun is not None:
-            server.tun.close()
-        raise
-    server.run()

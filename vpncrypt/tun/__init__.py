@@ -72,14 +72,10 @@ def _backend() -> ModuleType:
 
         return linux
     if sys.platform.startswith("freebsd"):
-        try:
-            from . import freebsd  # type: ignore[attr-defined]
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.freebsd":
-                raise
-            raise TunError("FreeBSD support is not implemented yet") from None
+        from . import freebsd
+
         return freebsd
-    raise TunError(f"platform {sys.platform!r} is not supported (Linux only for now)")
+    raise TunError(f"platform {sys.platform!r} is not supported (Linux and FreeBSD only)")
 
 
 def open_tun(name: str) -> TunDevice:

@@ -1,0 +1,118 @@
+"""Operator tools against real daemons: `vpncrypt show` (table, JSON, Prometheus), control socket."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from netns import python_env
+from vpnharness import SERVER_TUN4, Deployment, client_tun4, transfer
+
+pytestmark = pytest.mark.netns
+
+MB = 1 << 20
+
+
+def vpncrypt(*args):
+    return subprocess.run([sys.executable, "-m", "vpncrypt.cli.vpncrypt", *args],
+                          capture_output=True, text=True, env=python_env(), timeout=60)
+
+
+def show(state_dir, *args):
+    proc = vpncrypt("show", "--state-dir", state_dir, *args)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_show_json_counts_match_traffic(netns_factory, tmp_path):
+    vpn = Deployment(netns_factory, tmp_path, clients=2, keepalive=0).start()
+    for i in (1, 2):
+        vpn.wait_ping(vpn.client_host(i), SERVER_TUN4)
+    before = json.loads(show(vpn.state_dir("server"), "--json"))[0]
+    size = 4 * MB
+    sent, received = transfer(vpn.client_host(1), vpn.server_host, SERVER_TUN4, size)
+    assert sent["sha256"] == received["sha256"]
+    after = json.loads(show(vpn.state_dir("server"), "--json"))[0]
+    assert after["role"] == "server" and after["interface"] == "vpn0"
+    assert after["crypto"] in ("native", "reference") and after["version"] == 1
+    c1 = next(c for c in after["clients"] if c["name"] == "c1")
+    c1_before = next(c for c in before["clients"] if c["name"] == "c1")
+    assert c1["id"] == 1 and c1["allowed_ips"] == ["10.201.0.2/32", "fd00:201::2/128"]
+    assert c1["endpoint"].startswith("10.200.1.2:")
+    assert c1["last_rx_seconds"] is not None and c1["last_rx_seconds"] < 5
+    # Bytes received: at least the payload, at most payload plus TCP/IP headers and our 24
+    # bytes per packet (a 1448-byte MTU carries >= 1396 payload bytes per packet).
+    rx_bytes = c1["rx_bytes"] - c1_before["rx_bytes"]
+    rx_packets = c1["rx_packets"] - c1_before["rx_packets"]
+    assert size < rx_bytes < size * 1.10, (rx_bytes, size)
+    assert size / 1448 <= rx_packets < size / 1000
+    assert sum(c["rx_packets"] for c in after["clients"]) == after["totals"]["rx_packets"] \
+        or after["totals"]["rx_packets"] == 0  # totals count what no client owns
+    c2 = next(c for c in after["clients"] if c["name"] == "c2")
+    assert c2["rx_bytes"] < 100_000  # only its pings
+    # The client's own view.
+    cl = json.loads(show(vpn.state_dir("client1"), "--json"))[0]
+    assert cl["role"] == "client" and cl["id"] == 1 and cl["clock_synced"] is True
+    assert cl["endpoint"] == "10.200.1.1:51900"
+    assert size < cl["totals"]["tx_bytes"] < size * 1.15
+
+
+def test_show_table_and_prometheus(netns_factory, tmp_path):
+    parser = pytest.importorskip("prometheus_client.parser") if not os.environ.get("CI") else \
+        __import__("prometheus_client.parser", fromlist=["parser"])
+    vpn = Deployment(netns_factory, tmp_path).start()
+    vpn.wait_ping(vpn.client_host(), SERVER_TUN4)
+    table = show(vpn.state_dir("server"))
+    assert "interface: vpn0" in table and "role: server, listening on 0.0.0.0:51900" in table
+    header = next(line for line in table.splitlines() if line.startswith("client"))
+    assert header.split() == ["client", "id", "allowed", "ips", "endpoint", "last", "rx", "rx",
+                              "tx", "roams", "drops"]
+    row = next(line for line in table.splitlines() if line.startswith("c1 "))
+    assert "10.200.1.2:" in row and "10.201.0.2/32" in row
+    text = show(vpn.state_dir("server"), "--prometheus")
+    families = {f.name: f for f in parser.text_string_to_metric_families(text)}
+    assert families["vpncrypt_up"].samples[0].value == 1
+    rx = [s for s in families["vpncrypt_rx_packets"].samples
+          if s.labels.get("client") == "c1"]
+    assert rx and rx[0].value > 0
+    client_table = show(vpn.state_dir("client1"))
+    assert "role: client 1, server 10.200.1.1:51900" in client_table
+
+
+def test_control_socket_is_private_and_removed_on_exit(netns_factory, tmp_path):
+    vpn = Deployment(netns_factory, tmp_path).start()
+    path = os.path.join(vpn.state_dir("server"), "vpn0.sock")
+    mode = os.stat(path).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    assert vpn.server.stop() == 0
+    assert not os.path.exists(path)
+    proc = vpncrypt("show", "vpn0", "--state-dir", vpn.state_dir("server"))
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"vpncrypt: {path}: no such control socket (is vpncryptd running?)"
+
+
+def test_stale_control_socket_after_kill_is_replaced(netns_factory, tmp_path):
+    vpn = Deployment(netns_factory, tmp_path).start()
+    vpn.server.kill()
+    vpn.start_server()  # the killed daemon's socket is stale: taken over, not an error
+    assert json.loads(show(vpn.state_dir("server"), "--json"))[0]["role"] == "server"
+
+
+def test_reload_through_the_control_socket(netns_factory, tmp_path):
+    from vpncrypt import control
+
+    vpn = Deployment(netns_factory, tmp_path, clients=2)
+    vpn.server_conf = vpn.write("server.conf", vpn.server_text(clients=[1]))
+    vpn.start()
+    path = control.socket_path(vpn.state_dir("server"), "vpn0")
+    vpn.write("server.conf", vpn.server_text(clients=[1, 2]))
+    assert control.request(path, {"command": "reload"}) == {"ok": True}
+    vpn.wait_ping(vpn.client_host(2), SERVER_TUN4)
+    vpn.write("server.conf", "[server]\nlisten = nonsense\n")
+    reply = control.request(path, {"command": "reload"})
+    assert reply["ok"] is False and "server.conf:2: [server] listen:" in reply["error"]
+    vpn.ping(vpn.client_host(2), SERVER_TUN4)  # the running configuration was kept
+    assert control.request(path, {"command": "dance"})["ok"] is False
