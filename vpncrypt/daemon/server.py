@@ -174,6 +174,9 @@ class Server(Runtime):
     def status(self) -> dict:
         doc = super().status()
         now = time.time()
+        totals = doc["totals"]  # drops are counted globally; traffic per client: add it up
+        for key in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes"):
+            totals[key] = sum(getattr(p.counters, key) for p in self.peers.values())
         doc.update({
             "listen": format_addr((self.config.listen_host, self.config.listen_port)),
             "server_id": self.config.server_id,
