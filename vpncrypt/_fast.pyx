@@ -292,3 +292,866 @@ cdef class SivContext:
             if not borrowed:
                 PyBuffer_Release(&view)
         return out if ok else None
+
+
+# =============================================================================================
+# The native packet loop: TUN <-> UDP with the GIL released, one thread per direction.
+#
+# It handles DATA packets only. Everything else (keepalives, time sync), and samples of
+# what it drops, go to the Python side over an event socket, where the sans-IO core in
+# vpncrypt/protocol decides as for the Python loop. The rules it applies to DATA packets
+# mirror protocol/wire.py and protocol/replay.py; tests/test_engine.py pins them against
+# those modules.
+# =============================================================================================
+
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcmp, memset
+from libc.errno cimport errno, EAGAIN, EINTR
+from posix.unistd cimport read, write
+from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME, CLOCK_MONOTONIC
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    short POLLIN
+    short POLLOUT
+
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    ctypedef unsigned short sa_family_t
+    struct sockaddr:
+        sa_family_t sa_family
+    struct sockaddr_storage:
+        sa_family_t ss_family
+    struct msghdr:
+        void *msg_name
+        socklen_t msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    int recvmmsg(int fd, mmsghdr *vec, unsigned int vlen, int flags, void *timeout)
+    int sendmmsg(int fd, mmsghdr *vec, unsigned int vlen, int flags)
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
+    int MSG_DONTWAIT
+    int MSG_TRUNC
+    int AF_INET
+    int AF_INET6
+
+cdef extern from "<netinet/in.h>" nogil:
+    struct in_addr:
+        uint32_t s_addr
+    struct in6_addr:
+        unsigned char s6_addr[16]
+    struct sockaddr_in:
+        sa_family_t sin_family
+        uint16_t sin_port
+        in_addr sin_addr
+    struct sockaddr_in6:
+        sa_family_t sin6_family
+        uint16_t sin6_port
+        uint32_t sin6_flowinfo
+        in6_addr sin6_addr
+        uint32_t sin6_scope_id
+    uint16_t htons(uint16_t)
+    uint16_t ntohs(uint16_t)
+
+cdef extern from "<arpa/inet.h>" nogil:
+    int inet_pton(int af, const char *src, void *dst)
+    const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t *m, void *attr)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+
+cdef extern from *:
+    """
+    static inline uint32_t vc_next_counter(uint32_t *c) {
+        return __atomic_fetch_add(c, 1, __ATOMIC_RELAXED);
+    }
+    """
+    uint32_t vc_next_counter(uint32_t *c) nogil
+
+# Protocol constants (protocol/wire.py, protocol/replay.py).
+DEF FROM_SERVER = 0x80
+DEF KIND_DATA = 1
+DEF KIND_KEEPALIVE = 2
+DEF KIND_TIME_REQUEST = 3
+DEF KIND_TIME_RESPONSE = 4
+DEF CLOCK_WINDOW = 128
+DEF STALE_AFTER = 5
+DEF WINDOW = 8192
+DEF WINDOW_WORDS = 128
+DEF MAX_JUMP = 1048576
+# Drop reasons (protocol/wire.py Drop).
+DEF D_NONE = 0
+DEF D_MALFORMED = 1
+DEF D_BAD_TYPE = 2
+DEF D_UNKNOWN_CLIENT = 3
+DEF D_STALE = 4
+DEF D_REPLAY = 5
+DEF D_AUTH = 6
+DEF D_SPOOFED_SOURCE = 10
+DEF D_NO_ROUTE = 11
+DEF D_BAD_PACKET = 12
+DEF D_UNSYNCED = 13
+DEF N_REASONS = 16
+
+DEF BATCH = 32
+DEF SLOT = 65536
+# Event kinds sent to the Python side.
+DEF EV_PACKET = 1      # a non-DATA packet for the sans-IO core to decide
+DEF EV_ENDPOINT = 2    # a client's endpoint changed (authenticated DATA from a new address)
+DEF EV_DROP = 3        # a sample of a dropped packet (rate-limited), for logs and diagnosis
+DEF EV_HEADER = 8
+DEF ADDR_MAX = 28
+
+
+# ---- replay window (exactly protocol/replay.py, with the bitmap as a ring) ------------------
+
+cdef struct Window:
+    int has_newest
+    int64_t newest
+    int64_t floor
+    uint32_t top
+    uint64_t bits[WINDOW_WORDS]   # bit for counter c at (c mod WINDOW)
+
+
+cdef inline int window_seen(const Window *w, uint32_t c) noexcept nogil:
+    cdef uint32_t i = c % WINDOW
+    return <int>((w.bits[i >> 6] >> (i & 63)) & 1)
+
+
+cdef inline void window_mark(Window *w, uint32_t c) noexcept nogil:
+    cdef uint32_t i = c % WINDOW
+    w.bits[i >> 6] |= (<uint64_t>1) << (i & 63)
+
+
+cdef inline void window_clear(Window *w, uint32_t c) noexcept nogil:
+    cdef uint32_t i = c % WINDOW
+    w.bits[i >> 6] &= ~((<uint64_t>1) << (i & 63))
+
+
+cdef int window_check(const Window *w, int64_t ts, uint32_t counter) noexcept nogil:
+    cdef uint32_t ahead, behind
+    if not w.has_newest:
+        return D_NONE
+    if ts < w.newest - STALE_AFTER or ts < w.floor:
+        return D_STALE
+    ahead = counter - w.top
+    if 0 < ahead <= MAX_JUMP:
+        return D_NONE
+    behind = w.top - counter
+    if behind < WINDOW:
+        return D_REPLAY if window_seen(w, counter) else D_NONE
+    return D_NONE if ts > w.newest else D_REPLAY
+
+
+cdef int window_accept(Window *w, int64_t ts, uint32_t counter) noexcept nogil:
+    """Record an authenticated packet that passed window_check; 1 if it restarted the window."""
+    cdef uint32_t ahead = counter - w.top, behind = w.top - counter, c
+    if not w.has_newest or not (0 < ahead <= MAX_JUMP or behind < WINDOW):
+        restarted = w.has_newest
+        memset(w.bits, 0, sizeof(w.bits))
+        w.top = counter
+        window_mark(w, counter)
+        if restarted:
+            w.floor = ts
+        w.newest = ts
+        w.has_newest = 1
+        return restarted
+    if 0 < ahead <= MAX_JUMP:
+        if ahead >= WINDOW:
+            memset(w.bits, 0, sizeof(w.bits))
+        else:
+            c = w.top + 1
+            while c != counter:
+                window_clear(w, c)
+                c += 1
+        window_clear(w, counter)
+        window_mark(w, counter)
+        w.top = counter
+    else:
+        window_mark(w, counter)
+    if ts > w.newest:
+        w.newest = ts
+    return 0
+
+
+cdef class NativeWindow:
+    """The C replay window, exposed for tests against protocol/replay.py."""
+
+    cdef Window w
+
+    def __cinit__(self):
+        memset(&self.w, 0, sizeof(Window))
+
+    def check(self, int64_t ts, uint32_t counter):
+        return window_check(&self.w, ts, counter)
+
+    def accept(self, int64_t ts, uint32_t counter):
+        return bool(window_accept(&self.w, ts, counter))
+
+
+# ---- allowed-IPs routing: longest prefix over a hash table per (version, prefix length) ----
+
+cdef struct Route:
+    int32_t owner   # peer index, -1 = empty slot
+    uint8_t version
+    uint8_t plen
+    uint8_t addr[16]
+
+
+cdef struct Routes:
+    Route *slots
+    uint32_t mask
+    int nlens[2]
+    uint8_t lens[2][129]   # prefix lengths in use, longest first
+
+
+cdef inline void mask_addr(uint8_t *out, const uint8_t *addr, int nbytes, int plen) noexcept nogil:
+    cdef int i, bits
+    for i in range(nbytes):
+        bits = plen - 8 * i
+        if bits >= 8:
+            out[i] = addr[i]
+        elif bits <= 0:
+            out[i] = 0
+        else:
+            out[i] = addr[i] & <uint8_t>(0xFF << (8 - bits))
+    for i in range(nbytes, 16):
+        out[i] = 0
+
+
+cdef inline uint32_t route_hash(int version, int plen, const uint8_t *addr) noexcept nogil:
+    cdef uint32_t h = 2166136261u
+    cdef int i
+    h = (h ^ <uint32_t>version) * 16777619u
+    h = (h ^ <uint32_t>plen) * 16777619u
+    for i in range(16):
+        h = (h ^ addr[i]) * 16777619u
+    return h
+
+
+cdef int32_t routes_lookup(const Routes *r, int version, const uint8_t *addr) noexcept nogil:
+    cdef int v = 0 if version == 4 else 1, nbytes = 4 if version == 4 else 16
+    cdef int k, plen
+    cdef uint8_t key[16]
+    cdef uint32_t i
+    cdef const Route *slot
+    if r.slots == NULL:
+        return -1
+    for k in range(r.nlens[v]):
+        plen = r.lens[v][k]
+        mask_addr(key, addr, nbytes, plen)
+        i = route_hash(version, plen, key) & r.mask
+        while True:
+            slot = &r.slots[i]
+            if slot.owner < 0:
+                break
+            if slot.version == version and slot.plen == plen and memcmp(slot.addr, key, 16) == 0:
+                return slot.owner
+            i = (i + 1) & r.mask
+    return -1
+
+
+cdef void *realloc_or_raise(void *ptr, size_t size) except NULL:
+    cdef void *p = realloc(ptr, size)
+    if p == NULL:
+        raise MemoryError()
+    return p
+
+
+# ---- peers ---------------------------------------------------------------------------------
+
+cdef struct Peer:
+    uint32_t id
+    EVP_CIPHER_CTX *seal_tmpl
+    EVP_CIPHER_CTX *open_tmpl
+    uint32_t counter
+    Window window
+    pthread_mutex_t lock            # guards endpoint
+    sockaddr_storage endpoint
+    socklen_t endpoint_len          # 0: not known yet
+    uint64_t rx_packets
+    uint64_t rx_bytes
+    uint64_t tx_packets
+    uint64_t tx_bytes
+    uint64_t drops[N_REASONS]
+    double last_rx                  # CLOCK_MONOTONIC seconds of the last authenticated DATA
+    double first_unanswered         # first send since last_rx, 0 if none
+
+
+cdef inline double clock_now(int which) noexcept nogil:
+    cdef timespec ts
+    clock_gettime(which, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef inline int64_t full_timestamp(uint8_t low8, int64_t now) noexcept nogil:
+    cdef int64_t base = now - CLOCK_WINDOW
+    return base + ((<int64_t>low8 - base) & 0xFF)
+
+
+cdef inline int inner_source(const uint8_t *p, Py_ssize_t n, uint8_t *addr) noexcept nogil:
+    """IP version of the inner packet with its source address copied out, or 0 if malformed."""
+    if n >= 20 and (p[0] >> 4) == 4:
+        memcpy(addr, p + 12, 4)
+        return 4
+    if n >= 40 and (p[0] >> 4) == 6:
+        memcpy(addr, p + 8, 16)
+        return 6
+    return 0
+
+
+cdef inline int inner_destination(const uint8_t *p, Py_ssize_t n, uint8_t *addr) noexcept nogil:
+    if n >= 20 and (p[0] >> 4) == 4:
+        memcpy(addr, p + 16, 4)
+        return 4
+    if n >= 40 and (p[0] >> 4) == 6:
+        memcpy(addr, p + 24, 16)
+        return 6
+    return 0
+
+
+def _address(raw):
+    """(host, port) of a raw sockaddr (bytes), for the Python side."""
+    cdef const uint8_t *p = raw
+    cdef char text[64]
+    cdef const sockaddr_in *a4
+    cdef const sockaddr_in6 *a6
+    if len(raw) >= sizeof(sockaddr_in6) and (<const sockaddr *>p).sa_family == AF_INET6:
+        a6 = <const sockaddr_in6 *>p
+        inet_ntop(AF_INET6, &a6.sin6_addr, text, sizeof(text))
+        return (text.decode(), ntohs(a6.sin6_port))
+    if len(raw) >= sizeof(sockaddr_in) and (<const sockaddr *>p).sa_family == AF_INET:
+        a4 = <const sockaddr_in *>p
+        inet_ntop(AF_INET, &a4.sin_addr, text, sizeof(text))
+        return (text.decode(), ntohs(a4.sin_port))
+    return None
+
+
+cdef class Engine:
+    """The native data path for one daemon: both loops, the peer table and the routes.
+
+    Python builds it (peers, routes, fds), starts the two loops in two threads that
+    release the GIL for good, reads events from `event_fd`, and stops it. Peers and
+    routes may change only while the loops are stopped.
+    """
+
+    cdef readonly bint server
+    cdef int tun_fd, sock_fd, event_fd, stop_r, stop_w, frame_prefix
+    cdef int sock_family
+    cdef uint32_t server_id
+    cdef Peer **peers
+    cdef int npeers, cap
+    cdef int32_t *by_id
+    cdef Routes routes
+    cdef public double clock_offset   # seconds added to CLOCK_REALTIME (client time sync)
+    cdef public bint hold_tx          # client: data waits for the first time sync
+    cdef uint64_t drops[N_REASONS]
+    cdef uint64_t events_lost
+    cdef double tokens, refilled      # budget for forwarding packets to Python
+    cdef double sample_tokens, sample_refilled
+    cdef EVP_CIPHER_CTX *py_work      # for seal() called from Python, under the GIL
+    cdef list keep                    # the SivContexts whose templates we borrow
+    cdef int stopping
+
+    def __cinit__(self):
+        self.by_id = <int32_t *>malloc(65536 * sizeof(int32_t))
+        self.py_work = EVP_CIPHER_CTX_new()
+        if self.by_id == NULL or self.py_work == NULL:
+            raise MemoryError()
+        memset(self.by_id, 0xFF, 65536 * sizeof(int32_t))   # all -1
+        self.peers = NULL
+        self.routes.slots = NULL
+
+    def __init__(self, bint server, int tun_fd, int sock_fd, int sock_family, int event_fd,
+                 int stop_r, int frame_prefix=0, uint32_t server_id=0):
+        self.server = server
+        self.tun_fd, self.sock_fd, self.sock_family = tun_fd, sock_fd, sock_family
+        self.event_fd, self.stop_r = event_fd, stop_r
+        self.frame_prefix, self.server_id = frame_prefix, server_id
+        self.keep = []
+        self.tokens = self.sample_tokens = 0.0
+
+    def __dealloc__(self):
+        cdef int i
+        if self.peers != NULL:
+            for i in range(self.npeers):
+                if self.peers[i] != NULL:
+                    pthread_mutex_destroy(&self.peers[i].lock)
+                    free(self.peers[i])
+            free(self.peers)
+        free(self.by_id)
+        free(self.routes.slots)
+        EVP_CIPHER_CTX_free(self.py_work)
+
+    # -- set-up (loops stopped) ------------------------------------------------------------
+
+    def add_peer(self, uint32_t client_id, SivContext seal_ctx, SivContext open_ctx,
+                 uint32_t counter):
+        """Add a peer (or replace the keys of one with the same id); returns its index.
+        A replaced peer keeps its endpoint, counters and replay window only if
+        `keep_state` style reuse is wanted: callers remove and re-add to reset it."""
+        cdef Peer *p
+        cdef int idx = self.by_id[client_id & 0xFFFF]
+        if idx >= 0:
+            raise ValueError(f"client id {client_id} is already in the engine")
+        if self.npeers == self.cap:
+            self.cap = self.cap * 2 if self.cap else 8
+            self.peers = <Peer **>realloc_or_raise(self.peers, self.cap * sizeof(Peer *))
+        p = <Peer *>calloc(1, sizeof(Peer))
+        if p == NULL:
+            raise MemoryError()
+        pthread_mutex_init(&p.lock, NULL)
+        p.id = client_id
+        p.seal_tmpl = seal_ctx.enc_tmpl
+        p.open_tmpl = open_ctx.dec_tmpl
+        p.counter = counter
+        self.keep.append((seal_ctx, open_ctx))
+        idx = self.npeers
+        self.peers[idx] = p
+        self.npeers += 1
+        self.by_id[client_id & 0xFFFF] = idx
+        return idx
+
+    def remove_peer(self, uint32_t client_id):
+        """Forget a peer (its slot stays, emptied, so indices of the others do not move)."""
+        cdef int idx = self.by_id[client_id & 0xFFFF]
+        if idx < 0:
+            return
+        self.by_id[client_id & 0xFFFF] = -1
+        pthread_mutex_destroy(&self.peers[idx].lock)
+        free(self.peers[idx])
+        self.peers[idx] = NULL
+
+    def index_of(self, uint32_t client_id):
+        return self.by_id[client_id & 0xFFFF]
+
+    def set_routes(self, list routes):
+        """routes: [(version, prefix length, address bytes (4 or 16), peer index)]."""
+        cdef uint32_t size = 16, i
+        cdef int v, k, j, plen
+        cdef Route *slot
+        cdef uint8_t key[16]
+        cdef const uint8_t *a
+        while size < 2 * len(routes) + 2:
+            size *= 2
+        free(self.routes.slots)
+        self.routes.slots = <Route *>malloc(size * sizeof(Route))
+        if self.routes.slots == NULL:
+            raise MemoryError()
+        for i in range(size):
+            self.routes.slots[i].owner = -1
+        self.routes.mask = size - 1
+        self.routes.nlens[0] = self.routes.nlens[1] = 0
+        seen = {4: set(), 6: set()}
+        for version, plen, address, owner in routes:
+            a = address
+            mask_addr(key, a, 4 if version == 4 else 16, plen)
+            i = route_hash(version, plen, key) & self.routes.mask
+            while self.routes.slots[i].owner >= 0 and not (
+                    self.routes.slots[i].version == version and self.routes.slots[i].plen == plen
+                    and memcmp(self.routes.slots[i].addr, key, 16) == 0):
+                i = (i + 1) & self.routes.mask
+            slot = &self.routes.slots[i]
+            slot.owner, slot.version, slot.plen = owner, version, plen
+            memcpy(slot.addr, key, 16)
+            seen[version].add(plen)
+        for v, version in enumerate((4, 6)):
+            for k, plen in enumerate(sorted(seen[version], reverse=True)):
+                self.routes.lens[v][k] = plen
+            self.routes.nlens[v] = len(seen[version])
+
+    def lookup(self, int version, bytes address):
+        """The owner of `address` (4 or 16 bytes), for tests."""
+        return routes_lookup(&self.routes, version, <const uint8_t *>address)
+
+    def set_endpoint(self, int idx, str host, int port):
+        """Where to send this peer's packets (the client's server, or a roamed client)."""
+        cdef Peer *p = self.peer(idx)
+        cdef sockaddr_storage ss
+        cdef socklen_t n = 0
+        cdef sockaddr_in *a4 = <sockaddr_in *>&ss
+        cdef sockaddr_in6 *a6 = <sockaddr_in6 *>&ss
+        cdef bytes h
+        memset(&ss, 0, sizeof(ss))
+        if ":" in host or self.sock_family == AF_INET6:
+            if ":" not in host:
+                host = "::ffff:" + host   # an IPv4 peer on a dual-stack socket
+            h = host.encode()
+            if inet_pton(AF_INET6, h, &a6.sin6_addr) != 1:
+                raise ValueError(f"bad address {host!r}")
+            a6.sin6_family = AF_INET6
+            a6.sin6_port = htons(port)
+            n = sizeof(sockaddr_in6)
+        else:
+            h = host.encode()
+            if inet_pton(AF_INET, h, &a4.sin_addr) != 1:
+                raise ValueError(f"bad address {host!r}")
+            a4.sin_family = AF_INET
+            a4.sin_port = htons(port)
+            n = sizeof(sockaddr_in)
+        pthread_mutex_lock(&p.lock)
+        memcpy(&p.endpoint, &ss, n)
+        p.endpoint_len = n
+        pthread_mutex_unlock(&p.lock)
+
+    cdef Peer *peer(self, int idx) except NULL:
+        if idx < 0 or idx >= self.npeers or self.peers[idx] == NULL:
+            raise IndexError(f"no peer at index {idx}")
+        return self.peers[idx]
+
+    # -- used from Python while the loops run --------------------------------------------
+
+    def seal(self, int idx, int ptype, uint64_t timestamp, bytes body):
+        """Seal a control packet for peer `idx` with the shared counter (keepalive, time)."""
+        cdef Peer *p = self.peer(idx)
+        cdef Py_ssize_t n = len(body)
+        cdef uint8_t ad[AD_LEN]
+        cdef const uint8_t *adp = ad
+        cdef int adl = AD_LEN
+        if n < 1 or n > MAX_DATAGRAM - OVERHEAD:
+            raise ValueError("bad body size")
+        out = PyBytes_FromStringAndSize(NULL, OVERHEAD + n)
+        cdef uint8_t *o = <uint8_t *>PyBytes_AS_STRING(out)
+        o[0] = <uint8_t>ptype
+        put16(o + 1, p.id)
+        o[3] = <uint8_t>(timestamp & 0xFF)
+        put32(o + 4, vc_next_counter(&p.counter))
+        build_ad(ad, o, self.server_id, timestamp)
+        if not siv_seal(self.py_work, p.seal_tmpl, &adp, &adl, 1,
+                        <const uint8_t *>PyBytes_AS_STRING(body), <int>n, o + HEADER_LEN,
+                        o + OVERHEAD):
+            raise RuntimeError("AES-SIV seal failed")
+        return out
+
+    def peer_stats(self, int idx):
+        cdef Peer *p = self.peer(idx)
+        return {
+            "rx_packets": p.rx_packets, "rx_bytes": p.rx_bytes,
+            "tx_packets": p.tx_packets, "tx_bytes": p.tx_bytes,
+            "drops": {r: p.drops[r] for r in range(N_REASONS) if p.drops[r]},
+            "last_rx": p.last_rx, "first_unanswered": p.first_unanswered,
+        }
+
+    def reset_window(self, int idx):
+        """Forget the replay state of a peer (the client's clock moved back past it)."""
+        memset(&self.peer(idx).window, 0, sizeof(Window))
+
+    def global_drops(self):
+        return {r: self.drops[r] for r in range(N_REASONS) if self.drops[r]}
+
+    def mark_sent(self, int idx):
+        """Python sent a packet to this peer (first_unanswered bookkeeping)."""
+        cdef Peer *p = self.peer(idx)
+        if p.first_unanswered == 0:
+            p.first_unanswered = clock_now(CLOCK_MONOTONIC)
+
+    def mark_answered(self, int idx):
+        """Python accepted a packet from this peer."""
+        cdef Peer *p = self.peer(idx)
+        p.first_unanswered = 0
+        p.last_rx = clock_now(CLOCK_MONOTONIC)
+
+    @staticmethod
+    def decode_event(bytes raw):
+        """(kind, reason, client id, (host, port) or None, packet bytes) of an event."""
+        cdef const uint8_t *p = raw
+        if len(raw) < EV_HEADER:
+            return None
+        alen = p[4]
+        return (p[0], p[1], (p[2] << 8) | p[3], _address(raw[EV_HEADER:EV_HEADER + alen]),
+                raw[EV_HEADER + alen:])
+
+    def run_tun_to_udp(self):
+        with nogil:
+            self.tun_loop()
+
+    def run_udp_to_tun(self):
+        with nogil:
+            self.udp_loop()
+
+    # -- the loops -----------------------------------------------------------------------
+
+    cdef void emit(self, int kind, int reason, uint32_t client_id, const void *addr,
+                   socklen_t alen, const uint8_t *packet, Py_ssize_t n) noexcept nogil:
+        cdef uint8_t buf[EV_HEADER + ADDR_MAX + 2048]
+        cdef uint8_t *big = NULL
+        cdef uint8_t *out = buf
+        cdef Py_ssize_t total
+        if alen > ADDR_MAX:
+            alen = 0
+        total = EV_HEADER + alen + n
+        if total > <Py_ssize_t>sizeof(buf):
+            big = <uint8_t *>malloc(total)
+            if big == NULL:
+                self.events_lost += 1
+                return
+            out = big
+        out[0], out[1] = kind, reason
+        put16(out + 2, client_id)
+        out[4] = <uint8_t>alen
+        out[5] = out[6] = out[7] = 0
+        if alen:
+            memcpy(out + EV_HEADER, addr, alen)
+        if n:
+            memcpy(out + EV_HEADER + alen, packet, n)
+        if send(self.event_fd, out, total, MSG_DONTWAIT) < 0:
+            self.events_lost += 1
+        free(big)
+
+    cdef int take(self, double *tokens, double *refilled, double rate, double now) noexcept nogil:
+        if refilled[0] == 0:
+            refilled[0] = now
+            tokens[0] = rate
+        tokens[0] += (now - refilled[0]) * rate
+        if tokens[0] > rate:
+            tokens[0] = rate
+        refilled[0] = now
+        if tokens[0] < 1:
+            return 0
+        tokens[0] -= 1
+        return 1
+
+    cdef void drop(self, Peer *p, int reason, const void *addr, socklen_t alen,
+                   const uint8_t *packet, Py_ssize_t n, double mono) noexcept nogil:
+        self.drops[reason] += 1
+        if p != NULL:
+            p.drops[reason] += 1
+        # A sample goes up for the log (and, for AUTH/STALE, the clock-skew diagnosis).
+        if self.take(&self.sample_tokens, &self.sample_refilled, 20.0, mono):
+            if reason != D_AUTH and reason != D_STALE and reason != D_SPOOFED_SOURCE:
+                n = 0
+            self.emit(EV_DROP, reason, p.id if p != NULL else 0, addr, alen, packet, n)
+
+    cdef int wait(self, int fd, short events) noexcept nogil:
+        """Wait until fd is ready or the stop pipe is readable; 0 means stop."""
+        cdef pollfd fds[2]
+        fds[0].fd, fds[0].events, fds[0].revents = fd, events, 0
+        fds[1].fd, fds[1].events, fds[1].revents = self.stop_r, POLLIN, 0
+        while poll(fds, 2, -1) < 0:
+            if errno != EINTR:
+                return 0
+        return 0 if fds[1].revents else 1
+
+    cdef void tun_loop(self) noexcept nogil:
+        cdef uint8_t *inbuf = <uint8_t *>malloc(SLOT)
+        cdef uint8_t *outbufs = <uint8_t *>malloc(<size_t>BATCH * SLOT)
+        cdef mmsghdr msgs[BATCH]
+        cdef iovec iovs[BATCH]
+        cdef sockaddr_storage dests[BATCH]
+        cdef Peer *owners[BATCH]
+        cdef EVP_CIPHER_CTX *work = EVP_CIPHER_CTX_new()
+        cdef uint8_t ad[AD_LEN]
+        cdef const uint8_t *adp = ad
+        cdef int adl = AD_LEN
+        cdef uint8_t addr[16]
+        cdef Py_ssize_t r, body
+        cdef int count, sent, k, version, idx
+        cdef Peer *p
+        cdef uint8_t *o
+        cdef int64_t ts
+        cdef double mono
+        cdef const uint8_t *pkt
+        if inbuf == NULL or outbufs == NULL or work == NULL:
+            free(inbuf)
+            free(outbufs)
+            EVP_CIPHER_CTX_free(work)
+            return
+        memset(msgs, 0, sizeof(msgs))
+        while self.wait(self.tun_fd, POLLIN):
+            count = 0
+            mono = clock_now(CLOCK_MONOTONIC)
+            ts = <int64_t>(clock_now(CLOCK_REALTIME) + self.clock_offset)
+            while count < BATCH:
+                r = read(self.tun_fd, inbuf, SLOT)
+                if r < 0:
+                    break
+                r -= self.frame_prefix
+                pkt = inbuf + self.frame_prefix
+                if r < 1 or r > MAX_DATAGRAM - OVERHEAD:
+                    continue
+                if self.server:
+                    version = inner_destination(pkt, r, addr)
+                    idx = routes_lookup(&self.routes, version, addr) if version else -1
+                else:
+                    idx = 0 if self.npeers else -1
+                p = self.peers[idx] if idx >= 0 else NULL
+                if p == NULL or p.endpoint_len == 0:
+                    self.drops[D_NO_ROUTE] += 1
+                    continue
+                if self.hold_tx:
+                    self.drops[D_UNSYNCED] += 1
+                    p.drops[D_UNSYNCED] += 1
+                    continue
+                o = outbufs + <size_t>count * SLOT
+                o[0] = KIND_DATA | (FROM_SERVER if self.server else 0)
+                put16(o + 1, p.id)
+                o[3] = <uint8_t>(ts & 0xFF)
+                put32(o + 4, vc_next_counter(&p.counter))
+                build_ad(ad, o, self.server_id, <uint64_t>ts)
+                if not siv_seal(work, p.seal_tmpl, &adp, &adl, 1, pkt, <int>r, o + HEADER_LEN,
+                                o + OVERHEAD):
+                    continue
+                pthread_mutex_lock(&p.lock)
+                memcpy(&dests[count], &p.endpoint, p.endpoint_len)
+                msgs[count].msg_hdr.msg_namelen = p.endpoint_len
+                pthread_mutex_unlock(&p.lock)
+                iovs[count].iov_base = o
+                iovs[count].iov_len = OVERHEAD + r
+                msgs[count].msg_hdr.msg_name = &dests[count]
+                msgs[count].msg_hdr.msg_iov = &iovs[count]
+                msgs[count].msg_hdr.msg_iovlen = 1
+                owners[count] = p
+                p.tx_packets += 1
+                p.tx_bytes += OVERHEAD + r
+                if p.first_unanswered == 0:
+                    p.first_unanswered = mono
+                count += 1
+            k = 0
+            while k < count:
+                sent = sendmmsg(self.sock_fd, &msgs[k], count - k, 0)
+                if sent > 0:
+                    k += sent
+                elif errno == EAGAIN:
+                    if not self.wait(self.sock_fd, POLLOUT):
+                        break
+                elif errno != EINTR:
+                    owners[k].tx_packets -= 1   # not sent after all (e.g. unreachable)
+                    owners[k].tx_bytes -= iovs[k].iov_len
+                    k += 1
+        free(inbuf)
+        free(outbufs)
+        EVP_CIPHER_CTX_free(work)
+
+    cdef void udp_loop(self) noexcept nogil:
+        cdef uint8_t *inbufs = <uint8_t *>malloc(<size_t>BATCH * SLOT)
+        cdef uint8_t *out = <uint8_t *>malloc(SLOT + 4)
+        cdef mmsghdr msgs[BATCH]
+        cdef iovec iovs[BATCH]
+        cdef sockaddr_storage srcs[BATCH]
+        cdef EVP_CIPHER_CTX *work = EVP_CIPHER_CTX_new()
+        cdef uint8_t ad[AD_LEN]
+        cdef const uint8_t *adp = ad
+        cdef int adl = AD_LEN
+        cdef uint8_t addr[16]
+        cdef int got, i, idx, version, reason, want_dir
+        cdef Py_ssize_t n, body
+        cdef uint8_t *pkt
+        cdef uint8_t ptype
+        cdef uint32_t cid, counter
+        cdef int64_t now_s, ts
+        cdef double mono
+        cdef Peer *p
+        cdef socklen_t alen
+        if inbufs == NULL or out == NULL or work == NULL:
+            free(inbufs)
+            free(out)
+            EVP_CIPHER_CTX_free(work)
+            return
+        want_dir = 0 if self.server else FROM_SERVER
+        while self.wait(self.sock_fd, POLLIN):
+            for i in range(BATCH):
+                iovs[i].iov_base = inbufs + <size_t>i * SLOT
+                iovs[i].iov_len = SLOT
+                memset(&msgs[i].msg_hdr, 0, sizeof(msghdr))
+                msgs[i].msg_hdr.msg_name = &srcs[i]
+                msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
+                msgs[i].msg_hdr.msg_iov = &iovs[i]
+                msgs[i].msg_hdr.msg_iovlen = 1
+            got = recvmmsg(self.sock_fd, msgs, BATCH, MSG_DONTWAIT, NULL)
+            if got <= 0:
+                continue
+            mono = clock_now(CLOCK_MONOTONIC)
+            now_s = <int64_t>(clock_now(CLOCK_REALTIME) + self.clock_offset)
+            for i in range(got):
+                pkt = inbufs + <size_t>i * SLOT
+                n = msgs[i].msg_len
+                alen = msgs[i].msg_hdr.msg_namelen
+                if n < OVERHEAD + 1 or n > MAX_DATAGRAM or (msgs[i].msg_hdr.msg_flags & MSG_TRUNC):
+                    self.drop(NULL, D_MALFORMED, &srcs[i], alen, pkt, 0, mono)
+                    continue
+                ptype = pkt[0]
+                cid = (pkt[1] << 8) | pkt[2]
+                idx = self.by_id[cid] if self.server else (0 if self.npeers and self.peers[0] != NULL and self.peers[0].id == cid else -1)
+                p = self.peers[idx] if idx >= 0 else NULL
+                if (ptype & FROM_SERVER) != want_dir or (ptype & 0x7F) < KIND_DATA or (ptype & 0x7F) > KIND_TIME_RESPONSE:
+                    self.drop(p, D_BAD_TYPE, &srcs[i], alen, pkt, 0, mono)
+                    continue
+                if p == NULL:
+                    self.drop(NULL, D_UNKNOWN_CLIENT, &srcs[i], alen, pkt, 0, mono)
+                    continue
+                if (ptype & 0x7F) != KIND_DATA:
+                    # Keepalives and time sync: the sans-IO core decides (budgeted).
+                    if self.take(&self.tokens, &self.refilled, 2000.0, mono):
+                        self.emit(EV_PACKET, 0, cid, &srcs[i], alen, pkt, n)
+                    else:
+                        self.events_lost += 1
+                    continue
+                ts = full_timestamp(pkt[3], now_s)
+                if ts < 0:
+                    self.drop(p, D_AUTH, &srcs[i], alen, pkt, n, mono)
+                    continue
+                reason = window_check(&p.window, ts, (pkt[4] << 24) | (pkt[5] << 16) | (pkt[6] << 8) | pkt[7])
+                if reason != D_NONE:
+                    self.drop(p, reason, &srcs[i], alen, pkt, n, mono)
+                    continue
+                counter = (pkt[4] << 24) | (pkt[5] << 16) | (pkt[6] << 8) | pkt[7]
+                body = n - OVERHEAD
+                build_ad(ad, pkt, self.server_id, <uint64_t>ts)
+                if not siv_open(work, p.open_tmpl, &adp, &adl, 1, pkt + HEADER_LEN,
+                                pkt + OVERHEAD, <int>body, out + 4):
+                    self.drop(p, D_AUTH, &srcs[i], alen, pkt, n, mono)
+                    continue
+                if self.server:
+                    version = inner_source(out + 4, body, addr)
+                    if version == 0:
+                        self.drop(p, D_BAD_PACKET, &srcs[i], alen, pkt, 0, mono)
+                        window_accept(&p.window, ts, counter)
+                        continue
+                    if routes_lookup(&self.routes, version, addr) != idx:
+                        window_accept(&p.window, ts, counter)
+                        self.drop(p, D_SPOOFED_SOURCE, &srcs[i], alen, out + 4, min(body, 40), mono)
+                        continue
+                window_accept(&p.window, ts, counter)
+                p.rx_packets += 1
+                p.rx_bytes += n
+                p.last_rx = mono
+                p.first_unanswered = 0
+                if self.server and (alen != p.endpoint_len or memcmp(&srcs[i], &p.endpoint, alen) != 0):
+                    pthread_mutex_lock(&p.lock)
+                    memcpy(&p.endpoint, &srcs[i], alen)
+                    p.endpoint_len = alen
+                    pthread_mutex_unlock(&p.lock)
+                    self.emit(EV_ENDPOINT, 0, cid, &srcs[i], alen, NULL, 0)
+                if self.frame_prefix:
+                    put32(out, 2 if (out[4] >> 4) == 4 else 28)   # FreeBSD: AF_INET / AF_INET6
+                while write(self.tun_fd, out + 4 - self.frame_prefix, body + self.frame_prefix) < 0:
+                    if errno == EAGAIN:
+                        if not self.wait(self.tun_fd, POLLOUT):
+                            break
+                    elif errno != EINTR:
+                        break
+        free(inbufs)
+        free(out)
+        EVP_CIPHER_CTX_free(work)
+

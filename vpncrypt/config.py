@@ -275,7 +275,7 @@ def load(path) -> ServerConfig | ClientConfig:
     return config
 
 
-_INLINE_KEY = re.compile(r"^[ \t]*key[ \t]*=", re.MULTILINE)
+_INLINE_KEY = re.compile(r"^[ \t]*key[ \t]*=", re.MULTILINE | re.IGNORECASE)
 
 
 def parse(text: str, path="<string>") -> ServerConfig | ClientConfig:

@@ -46,7 +46,6 @@ Choices
 
 from __future__ import annotations
 
-import configparser
 import ipaddress
 import os
 import re
@@ -128,9 +127,7 @@ def add_client(config_path: str, name: str, endpoint: str | None = None, *, relo
     addresses. Raises :class:`ProvisionError`; nothing is written then.
     """
     path = _fspath(config_path)
-    cfg = _load_server(path)
-    target = os.path.realpath(path)
-    data, st = _read(target, path)
+    cfg, target, data, text, st = _load(path)
 
     if not isinstance(name, str) or not configmod._CLIENT_NAME.fullmatch(name):
         raise ProvisionError(
@@ -155,7 +152,6 @@ def add_client(config_path: str, name: str, endpoint: str | None = None, *, relo
         # Only the endpoint comes from outside: anything else would be our own bug.
         raise ProvisionError(f"{path}: --endpoint {endpoint!r}: {e.problem}") from None
 
-    text = data.decode("utf-8")
     newline = "\r\n" if "\r\n" in text.split("\n", 1)[0] + "\n" else "\n"
     sections = _client_sections(text, path)  # name -> that section's raw values
     inline = bool(sections) and all("key" in values for values in sections.values())
@@ -212,15 +208,12 @@ def remove_client(config_path: str, name: str, *, reload=True) -> Removed:
     section referenced is left in place and named in the notes.
     """
     path = _fspath(config_path)
-    cfg = _load_server(path)
-    target = os.path.realpath(path)
-    data, st = _read(target, path)
+    cfg, target, data, text, st = _load(path)
     peer = next((p for p in cfg.clients if p.name == name), None)
     if peer is None:
         known = ", ".join(p.name for p in cfg.clients) or "none"
         raise ProvisionError(f"{path}: no [client {name}] section (clients: {known})")
 
-    text = data.decode("utf-8")
     lines = _split_lines(text)
     ctx = configmod._Context(path, _normalise(text))
     first = _find_header(ctx, name)
@@ -411,9 +404,22 @@ def _fspath(path) -> str:
     return os.fsdecode(path) if isinstance(path, bytes) else path
 
 
-def _load_server(path):
+def _load(path):
+    """(config, real path, bytes, text, stat) of a valid server config, read once more
+    after config.load so that the bytes edited are the bytes validated."""
     try:
-        cfg = configmod.load(path)
+        configmod.load(path)  # everything load checks: size, encoding, permissions, key files
+        target = os.path.realpath(path)
+        try:
+            with open(target, "rb") as f:
+                data, st = f.read(), os.fstat(f.fileno())
+        except OSError as e:
+            raise ProvisionError(f"{path}: cannot read: {_strerror(e)}") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProvisionError(f"{path}: changed while it was being read; try again") from None
+        cfg = configmod.parse(text, path)
     except configmod.ConfigError as e:
         raise ProvisionError(str(e)) from None
     if cfg.role != "server":
@@ -421,15 +427,7 @@ def _load_server(path):
             f"{path}: is a client configuration; clients are added to and removed from a "
             "server configuration ([server] with [client NAME] sections)"
         )
-    return cfg
-
-
-def _read(target, path) -> tuple[bytes, os.stat_result]:
-    try:
-        with open(target, "rb") as f:
-            return f.read(), os.fstat(f.fileno())
-    except OSError as e:
-        raise ProvisionError(f"{path}: cannot read: {_strerror(e)}") from None
+    return cfg, target, data, text, st
 
 
 def _strerror(e: OSError) -> str:

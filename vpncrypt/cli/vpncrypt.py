@@ -4,6 +4,8 @@ Usage:
   vpncrypt genkey
   vpncrypt check-config FILE
   vpncrypt show [INTERFACE] [--json | --prometheus] [--state-dir=DIR]
+  vpncrypt add-client NAME --config=FILE [--endpoint=HOST:PORT]
+  vpncrypt remove-client NAME --config=FILE
   vpncrypt --version
   vpncrypt -h | --help
 
@@ -13,11 +15,17 @@ Commands:
   check-config  Validate a configuration file without starting anything.
   show          Status of the running daemons (all, or the one on INTERFACE): a table,
                 the JSON document (--json, see docs/CONTROL.md) or Prometheus text.
+  add-client    Add [client NAME] to a server config (next free id and addresses, a new
+                key), reload the running daemon, print the client's config on stdout.
+  remove-client Remove [client NAME] from a server config and reload the running daemon.
 
 Options:
   --json            Print the status as JSON (one document per daemon, in a list).
   --prometheus      Print the status in Prometheus text format (node_exporter textfile).
   --state-dir=DIR   Where the daemons' control sockets are [default: /run/vpncrypt].
+  --config=FILE     The server configuration that add-client/remove-client edit.
+  --endpoint=HOST:PORT  How the client reaches the server (default: the listen address,
+                    or a placeholder to edit when the server listens on all addresses).
 """
 
 import sys
@@ -47,6 +55,20 @@ def main(argv=None) -> None:
             print(f"{cfg.path}: OK (client id {cfg.id}, server {cfg.server_host}:{cfg.server_port})")
     elif args["show"]:
         show(args)
+    elif args["add-client"] or args["remove-client"]:
+        from .. import provision
+
+        try:
+            if args["add-client"]:
+                result = provision.add_client(args["--config"], args["NAME"], args["--endpoint"])
+            else:
+                result = provision.remove_client(args["--config"], args["NAME"])
+        except provision.ProvisionError as e:
+            fail(PROG, str(e), 1)
+        for note in result.notes:
+            print(f"{PROG}: {note}", file=sys.stderr)
+        if args["add-client"]:
+            sys.stdout.write(result.client_config)
 
 
 def show(args) -> None:

@@ -1,6 +1,7 @@
 """The client daemon: one server, found by name, kept reachable through NAT, clock synced to it."""
 
 import os
+import selectors
 import socket
 import threading
 import time
@@ -9,6 +10,7 @@ from .. import config as configmod
 from ..protocol.session import ClientSession, Opened
 from ..protocol.wire import KEEPALIVE_BODY, STALE_AFTER, Drop, Kind
 from .logs import kv, log
+from . import fastpath
 from .runtime import BATCH, Runtime, format_addr
 
 RESOLVE_EVERY = 300.0  # seconds between routine re-resolutions of the server's name
@@ -36,6 +38,7 @@ class Client(Runtime):
     def __init__(self, config, crypto=None):
         super().__init__(config, crypto)
         self.session = ClientSession(config.id, config.server_id, config.key, self.context_class)
+        self._python_sender = self.session.sender
         self.offset = 0.0  # seconds added to the local clock to get the server's time
         self.synced = False
         self.sync_attempt = 0
@@ -65,14 +68,35 @@ class Client(Runtime):
         self.open_tun(mtu, cfg.routes)
         self.sock = self.make_socket(family, ("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
         self.open_control()
+        if fastpath.wanted(self.crypto_path):
+            self.build_native()
         server = format_addr(self.server[1]) if self.server else "unresolved"
         log.info(
             "client started: id %d, interface %s (%s, mtu %d), server %s (%s), server id %d, "
-            "keepalive %s, crypto %s",
+            "keepalive %s, crypto %s, %s loop",
             cfg.id, self.tun.name, ", ".join(str(a) for a in cfg.addresses), mtu,
             cfg.server_host, server, cfg.server_id,
             f"{cfg.keepalive} s" if cfg.keepalive else "off", self.crypto_description(),
+            "native" if self.native else "Python",
         )
+
+    def build_native(self) -> None:
+        """Hand DATA packets to the native loop (again, after the socket was replaced)."""
+        if self.native is not None:
+            self.selector.unregister(self.native.events)
+            self.native.close()
+        self.native = fastpath.NativePath(self.tun, self.sock, False, self.config.server_id)
+        engine = self.native.engine
+        # A rebuilt engine starts a fresh random counter, like a restart: the server
+        # accepts it within a second.
+        counter = self._python_sender.counter if self.session.sender is self._python_sender \
+            else int.from_bytes(os.urandom(4), "big")
+        engine.add_peer(self.config.id, self._python_sender.ctx, self.session.receiver.ctx, counter)
+        self.session.sender = fastpath.EngineSender(engine, 0, False)
+        engine.clock_offset = self.offset
+        engine.hold_tx = not self.synced
+        if self.server:
+            engine.set_endpoint(0, self.server[1][0], self.server[1][1])
         self.next_resolve = time.monotonic() + (RESOLVE_EVERY if self.server else 5.0)
 
     # -- packets ------------------------------------------------------------------------------
@@ -95,26 +119,37 @@ class Client(Runtime):
             self.send_sealed(Kind.DATA, packet, time.monotonic())
 
     def on_udp(self) -> None:
-        sock, session = self.sock, self.session
+        sock = self.sock
         for _ in range(BATCH):
             try:
                 data, addr = sock.recvfrom(65536)
             except (BlockingIOError, InterruptedError):
                 return
-            result = session.open(data, self.now())
-            if type(result) is not Opened:
-                self.drop(self.counters, result.reason, self.now(), addr, None, result.detail)
-                if result.reason == Drop.CLOCK_SKEW:
-                    self.request_sync(time.monotonic(), "the server's packets are outside our clock window")
-                continue
-            self.last_rx = time.monotonic()
-            self.unanswered_since = None
-            self.counters.rx_packets += 1
-            self.counters.rx_bytes += len(data)
-            if result.kind == Kind.DATA:
-                self.write_tun(result.body)
-            elif result.kind == Kind.TIME_RESPONSE:
-                self.apply_clock(result.clock_offset)
+            self.handle_datagram(data, addr)
+
+    def handle_datagram(self, data, addr) -> None:
+        result = self.session.open(data, self.now())
+        if type(result) is not Opened:
+            self.drop(self.counters, result.reason, self.now(), addr, None, result.detail)
+            if result.reason == Drop.CLOCK_SKEW:
+                self.request_sync(time.monotonic(), "the server's packets are outside our clock window")
+            return
+        self.last_rx = time.monotonic()
+        self.unanswered_since = None
+        self.counters.rx_packets += 1
+        self.counters.rx_bytes += len(data)
+        if result.kind == Kind.DATA:
+            self.write_tun(result.body)
+        elif result.kind == Kind.TIME_RESPONSE:
+            self.apply_clock(result.clock_offset)
+
+    def on_engine_event(self, kind, reason, client_id, addr, packet) -> None:
+        if kind == fastpath.EV_PACKET:
+            self.handle_datagram(packet, addr)
+        elif kind == fastpath.EV_DROP:
+            why = self.engine_drop(reason, client_id, addr, packet, None, self.session.receiver.diagnose)
+            if why == Drop.CLOCK_SKEW:
+                self.request_sync(time.monotonic(), "the server's packets are outside our clock window")
 
     # -- clock --------------------------------------------------------------------------------
 
@@ -131,10 +166,14 @@ class Client(Runtime):
     def apply_clock(self, correction: float) -> None:
         self.offset += correction
         window = self.session.receiver.window
-        if window.newest is not None and self.now() < window.newest - STALE_AFTER:
+        if self.native is not None:
+            self.native.engine.clock_offset = self.offset
+        if correction < -STALE_AFTER:
             # Our clock was ahead and the server's packets were judged by it; start the
-            # window afresh or every packet of the server would look stale.
+            # windows afresh or every packet of the server would look stale.
             window.reset()
+            if self.native is not None:
+                self.native.engine.reset_window(0)
             log.info("clock: moved back %.0f s; replay window for the server restarted",
                      -correction)
         self.sync_attempt = 0
@@ -148,19 +187,37 @@ class Client(Runtime):
 
     # -- timers -------------------------------------------------------------------------------
 
+    def answers(self):
+        """(last authenticated packet, first send after it) in monotonic time, from both
+        the Python side and the native loop."""
+        last_rx, unanswered = self.last_rx, self.unanswered_since
+        if self.native is not None:
+            stats = self.native.engine.peer_stats(0)
+            if stats["last_rx"] and (last_rx is None or stats["last_rx"] > last_rx):
+                last_rx = stats["last_rx"]
+            if stats["first_unanswered"] and (unanswered is None
+                                              or stats["first_unanswered"] < unanswered):
+                unanswered = stats["first_unanswered"]
+        if unanswered is not None and last_rx is not None and unanswered <= last_rx:
+            unanswered = None
+        return last_rx, unanswered
+
     def tick(self, mono: float) -> None:
         self.finish_resolve()
         cfg = self.config
+        if self.native is not None and self.native.engine.hold_tx:
+            self.native.engine.hold_tx = not self.synced and mono - self.started < FIRST_SYNC_WAIT
         if mono >= self.next_sync:
             self.request_sync(mono)
+        _, unanswered = self.answers()
         if mono >= self.next_resolve:
             self.start_resolve(mono)
-        elif (self.unanswered_since is not None and mono - self.unanswered_since > SILENCE
+        elif (unanswered is not None and mono - unanswered > SILENCE
               and mono - self.last_recovery > SILENCE):
             # We keep sending and nothing authenticated comes back: the server may have
             # moved (DNS) or our clock may have drifted out of its window.
             self.last_recovery = mono
-            log.warning(kv("server-silent", seconds=int(mono - self.unanswered_since),
+            log.warning(kv("server-silent", seconds=int(mono - unanswered),
                            action="re-resolving and re-syncing the clock"))
             self.start_resolve(mono)
             self.request_sync(mono)
@@ -215,11 +272,21 @@ class Client(Runtime):
         old = format_addr(self.server[1]) if self.server else "none"
         log.info(kv("server-address", server=self.config.server_host, old=old,
                     new=format_addr(result[1])))
-        if self.server is None or result[0] != self.server[0]:
+        family_changed = self.server is None or result[0] != self.server[0]
+        self.server = result
+        if family_changed:
             family = result[0]
+            if self.native is not None:
+                self.native.stop()
             self.replace_socket(self.make_socket(
                 family, ("::" if family == socket.AF_INET6 else "0.0.0.0", 0)))
-        self.server = result
+            if self.native is not None:
+                self.build_native()
+                self.selector.register(self.native.events, selectors.EVENT_READ,
+                                       self.on_native_events)
+                self.native.start()
+        elif self.native is not None:
+            self.native.engine.set_endpoint(0, result[1][0], result[1][1])
         self.request_sync(time.monotonic())
 
     def _on_wake(self) -> None:
@@ -246,9 +313,18 @@ class Client(Runtime):
         self.start_resolve(time.monotonic())
         return None
 
+    def totals(self) -> dict:
+        doc = super().totals()  # Python's counters and every drop the engine counted
+        if self.native is not None:
+            stats = self.native.engine.peer_stats(0)
+            for key in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes"):
+                doc[key] += stats[key]
+        return doc
+
     def status(self) -> dict:
         doc = super().status()
         mono = time.monotonic()
+        last_rx, _ = self.answers()
         doc.update({
             "id": self.config.id,
             "server": f"{self.config.server_host}:{self.config.server_port}",
@@ -257,7 +333,8 @@ class Client(Runtime):
             "keepalive": self.config.keepalive,
             "clock_synced": self.synced,
             "clock_offset": round(self.offset, 3),
-            "last_rx_seconds": round(mono - self.last_rx, 3) if self.last_rx else None,
+            "last_rx_seconds": round(mono - last_rx, 3) if last_rx else None,
+            "loop": "native" if self.native else "python",
         })
         return doc
 

@@ -4,6 +4,7 @@ server.py and client.py; the protocol decisions in vpncrypt.protocol.
 """
 
 import collections
+import ipaddress
 import errno
 import json
 import os
@@ -38,11 +39,22 @@ class Counters:
                 "tx_packets": self.tx_packets, "tx_bytes": self.tx_bytes,
                 "drops": {Drop(r).label: n for r, n in sorted(self.drops.items())}}
 
-    def summary(self) -> dict:
-        out = {"rx_packets": self.rx_packets, "rx_bytes": self.rx_bytes,
-               "tx_packets": self.tx_packets, "tx_bytes": self.tx_bytes}
-        out.update({f"drop_{Drop(r).label}": n for r, n in sorted(self.drops.items())})
-        return out
+
+def flatten(doc: dict) -> dict:
+    """A counters document as key=value fields for a log line (drops as drop_<reason>)."""
+    out = {k: v for k, v in doc.items() if k != "drops"}
+    out.update({f"drop_{reason}": n for reason, n in doc["drops"].items()})
+    return out
+
+
+def add_drops(doc: dict, drops: dict) -> dict:
+    """Add {reason code: count} to a counters document's drops."""
+    merged = dict(doc["drops"])
+    for reason, n in drops.items():
+        label = Drop(reason).label
+        merged[label] = merged.get(label, 0) + n
+    doc["drops"] = dict(sorted(merged.items()))
+    return doc
 
 
 def overhead(family: int) -> int:
@@ -74,6 +86,7 @@ class Runtime:
         self.tun = None
         self.sock = None
         self.control = None
+        self.native = None  # fastpath.NativePath when DATA packets take the native loop
         self.mtu = None
         self.started = time.monotonic()
 
@@ -190,8 +203,14 @@ class Runtime:
             "uptime": round(time.monotonic() - self.started, 3),
             "mtu": self.mtu,
             "addresses": [str(a) for a in self.config.addresses],
-            "totals": self.counters.as_json(),
+            "totals": self.totals(),
         }
+
+    def totals(self) -> dict:
+        doc = self.counters.as_json()
+        if self.native is not None:
+            add_drops(doc, self.native.engine.global_drops())
+        return doc
 
     def install_signals(self) -> None:
         self._wake_r, self._wake_w = socket.socketpair()
@@ -228,7 +247,7 @@ class Runtime:
         try:
             self.start()
         except FatalError:
-            for thing in (self.tun, self.sock, self.control):
+            for thing in (self.native, self.tun, self.sock, self.control):
                 if thing is not None:
                     thing.close()
             raise
@@ -239,8 +258,12 @@ class Runtime:
 
     def run(self) -> None:
         self.install_signals()
-        self.selector.register(self.tun.fd, selectors.EVENT_READ, self.on_tun)
-        self.selector.register(self.sock, selectors.EVENT_READ, self.on_udp)
+        if self.native is not None:
+            self.selector.register(self.native.events, selectors.EVENT_READ, self.on_native_events)
+            self.native.start()
+        else:
+            self.selector.register(self.tun.fd, selectors.EVENT_READ, self.on_tun)
+            self.selector.register(self.sock, selectors.EVENT_READ, self.on_udp)
         next_tick = 0.0
         try:
             while not self.stopping:
@@ -260,6 +283,8 @@ class Runtime:
             self.shutdown()
 
     def shutdown(self) -> None:
+        if self.native is not None:
+            self.native.stop()  # before the descriptors its threads use are closed
         self.dump_stats()
         if self.tun is not None:
             self.tun.close()  # a non-persistent TUN interface disappears with its descriptor
@@ -271,14 +296,19 @@ class Runtime:
                 os.unlink(self.control_path)
             except OSError:
                 pass
+        if self.native is not None:
+            self.native.close()
         log.info("stopped")
 
     def replace_socket(self, sock) -> None:
+        """Swap the UDP socket (the Python loop's; the native loop is rebuilt by its owner)."""
         if self.sock is not None:
-            self.selector.unregister(self.sock)
+            if self.native is None:
+                self.selector.unregister(self.sock)
             self.sock.close()
         self.sock = sock
-        self.selector.register(sock, selectors.EVENT_READ, self.on_udp)
+        if self.native is None:
+            self.selector.register(sock, selectors.EVENT_READ, self.on_udp)
 
     # -- shared packet helpers ----------------------------------------------------------------
 
@@ -287,6 +317,9 @@ class Runtime:
         self.counters.drops[reason] += 1
         if counters is not None and counters is not self.counters:
             counters.drops[reason] += 1
+        self.log_drop(reason, now, src, client, detail)
+
+    def log_drop(self, reason: Drop, now: float, src=None, client=None, detail="") -> None:
         key = (reason, src[0] if src else None)
         held = self.limiter.allow(key, now)
         if held is None:
@@ -302,6 +335,33 @@ class Runtime:
             fields["detail"] = detail
         level = log.warning if reason in (Drop.CLOCK_SKEW, Drop.AUTH, Drop.SPOOFED_SOURCE) else log.info
         level(kv("drop", **fields))
+
+    def on_native_events(self) -> None:
+        for event in self.native.drain():
+            self.on_engine_event(*event)
+
+    def on_engine_event(self, kind: int, reason: int, client_id: int, addr, packet) -> None:
+        raise NotImplementedError
+
+    def engine_drop(self, reason: int, client_id: int, addr, packet, name, diagnose) -> Drop:
+        """Log a drop the engine counted; AUTH/STALE samples get the clock-skew diagnosis."""
+        now = self.now()
+        why, detail = Drop(reason), ""
+        if packet and why in (Drop.AUTH, Drop.STALE):
+            verdict = diagnose(packet, now, why)
+            why, detail = verdict.reason, verdict.detail
+        elif packet and why == Drop.SPOOFED_SOURCE:  # the sample is the inner header
+            from .ippacket import addresses
+
+            fields = addresses(packet)
+            if fields:
+                detail = f"inner source {ipaddress.ip_address(fields[1])}"
+        self.log_drop(why, now, addr, name, detail)
+        return why
+
+    def now(self) -> float:
+        """The protocol clock (the client corrects it by time sync)."""
+        return time.time()
 
     def write_tun(self, packet) -> bool:
         try:
@@ -349,4 +409,4 @@ class Runtime:
         return None
 
     def dump_stats(self) -> None:
-        log.info(kv("stats", role=self.role, **self.counters.summary()))
+        log.info(kv("stats", role=self.role, **flatten(self.totals())))

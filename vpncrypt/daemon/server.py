@@ -7,10 +7,10 @@ import time
 from .. import config as configmod
 from ..protocol.session import Opened, Reply, ServerCore
 from ..protocol.wire import KEEPALIVE_BODY, Drop, Kind
-from . import ippacket
 from .logs import kv, log
 from .routing import AllowedIPs
-from .runtime import BATCH, Counters, Runtime, format_addr
+from . import fastpath, ippacket
+from .runtime import BATCH, Counters, Runtime, flatten, format_addr
 
 
 class PeerState:
@@ -62,46 +62,88 @@ class Server(Runtime):
         self.open_tun(mtu)
         self.sock = self.make_socket(family, (cfg.listen_host, cfg.listen_port))
         self.open_control()
+        if fastpath.wanted(self.crypto_path):
+            self.native = fastpath.NativePath(self.tun, self.sock, True, cfg.server_id)
+            self.native_peers = {}
+            self.sync_native()
         addrs = ", ".join(str(a) for a in cfg.addresses)
         log.info(
             "server started: interface %s (%s, mtu %d), listening on %s, server id %d, "
-            "%d clients, crypto %s",
+            "%d clients, crypto %s, %s loop",
             self.tun.name, addrs, mtu, format_addr((cfg.listen_host, cfg.listen_port)),
             cfg.server_id, len(self.peers), self.crypto_description(),
+            "native" if self.native else "Python",
         )
+
+    def sync_native(self) -> None:
+        """Mirror the client table into the engine (its loops must be stopped). Clients
+        whose crypto state did not change keep their engine slot: counters, window, endpoint."""
+        engine = self.native.engine
+        for cid, state in list(self.native_peers.items()):
+            if cid not in self.peers or self.core.peer(cid) is not state:
+                engine.remove_peer(cid)
+                del self.native_peers[cid]
+        for cid, peer in self.peers.items():
+            if cid in self.native_peers:
+                continue
+            state = self.core.peer(cid)
+            index = engine.add_peer(cid, state.sender.ctx, state.receiver.ctx, state.sender.counter)
+            state.sender = fastpath.EngineSender(engine, index, True)
+            self.native_peers[cid] = state
+            if peer.endpoint:
+                engine.set_endpoint(index, peer.endpoint[0], peer.endpoint[1])
+        engine.set_routes([(net.version, net.prefixlen, net.network_address.packed,
+                            engine.index_of(p.id))
+                           for p in self.peers.values() for net in p.allowed_ips])
 
     # -- UDP -> TUN ---------------------------------------------------------------------------
 
     def on_udp(self) -> None:
-        sock, core, peers = self.sock, self.core, self.peers
+        sock = self.sock
         for _ in range(BATCH):
             try:
                 data, addr = sock.recvfrom(65536)
             except (BlockingIOError, InterruptedError):
                 return
-            now = time.time()
-            result = core.open(data, now)
-            if type(result) is Opened:
-                peer = peers[result.client_id]
-                if result.kind == Kind.DATA:
-                    if not self.deliver(peer, result.body, now, addr):
-                        continue
-                peer.counters.rx_packets += 1
-                peer.counters.rx_bytes += len(data)
-                peer.last_rx = now
-                if peer.endpoint != addr:
-                    self.new_endpoint(peer, addr)
-                if result.kind == Kind.KEEPALIVE:
-                    # Answer in kind (same size, replay-protected) so the client can tell
-                    # a live server from a silent one.
-                    self.send_to(peer, core.seal(peer.id, Kind.KEEPALIVE, KEEPALIVE_BODY, now), addr)
-            elif type(result) is Reply:
-                # Time-sync requests are not replay-protected, so they never move the endpoint.
-                self.send_to(peers[result.client_id], result.packet, addr)
-            else:
-                peer = peers.get(result.client_id)
-                self.drop(peer.counters if peer else None, result.reason, now, addr,
-                          peer.name if peer else result.client_id, result.detail)
+            self.handle_datagram(data, addr, time.time())
+
+    def handle_datagram(self, data, addr, now: float) -> None:
+        """One datagram through the sans-IO core (all of them in the Python loop; only
+        keepalives and time sync with the native loop)."""
+        core, peers = self.core, self.peers
+        result = core.open(data, now)
+        if type(result) is Opened:
+            peer = peers[result.client_id]
+            if result.kind == Kind.DATA and not self.deliver(peer, result.body, now, addr):
+                return
+            peer.counters.rx_packets += 1
+            peer.counters.rx_bytes += len(data)
+            peer.last_rx = now
+            if peer.endpoint != addr:
+                self.new_endpoint(peer, addr)
+            if result.kind == Kind.KEEPALIVE:
+                # Answer in kind (same size, replay-protected) so the client can tell
+                # a live server from a silent one.
+                self.send_to(peer, core.seal(peer.id, Kind.KEEPALIVE, KEEPALIVE_BODY, now), addr)
+        elif type(result) is Reply:
+            # Time-sync requests are not replay-protected, so they never move the endpoint.
+            self.send_to(peers[result.client_id], result.packet, addr)
+        else:
+            peer = peers.get(result.client_id)
+            self.drop(peer.counters if peer else None, result.reason, now, addr,
+                      peer.name if peer else result.client_id, result.detail)
+
+    def on_engine_event(self, kind, reason, client_id, addr, packet) -> None:
+        peer = self.peers.get(client_id)
+        if kind == fastpath.EV_PACKET:
+            self.handle_datagram(packet, addr, time.time())
+        elif kind == fastpath.EV_ENDPOINT and peer is not None:
+            self.new_endpoint(peer, addr, from_engine=True)
+        elif kind == fastpath.EV_DROP:
+            name = peer.name if peer else (client_id or None)
+            self.engine_drop(reason, client_id, addr, packet, name,
+                             lambda p, now, why: self.core.peer(client_id).receiver.diagnose(
+                                 p, now, why))
 
     def deliver(self, peer, body, now, addr) -> bool:
         fields = ippacket.addresses(body)
@@ -116,7 +158,9 @@ class Server(Runtime):
         self.write_tun(body)
         return True
 
-    def new_endpoint(self, peer, addr) -> None:
+    def new_endpoint(self, peer, addr, from_engine: bool = False) -> None:
+        if self.native is not None and not from_engine:
+            self.native.engine.set_endpoint(self.native.engine.index_of(peer.id), addr[0], addr[1])
         if peer.endpoint is None:
             log.info(kv("connected", client=peer.name, id=peer.id, endpoint=format_addr(addr)))
         else:
@@ -164,40 +208,63 @@ class Server(Runtime):
             if getattr(new, what) != getattr(self.config, what):
                 log.warning("reload: '%s' changed; it takes effect after a restart", what)
         before = {p.id: (p.name, p.allowed_ips) for p in self.peers.values()}
+        if self.native is not None:
+            self.native.stop()  # the engine's tables change only while its loops stand still
         self.apply_clients(new.clients)
+        if self.native is not None:
+            self.sync_native()
+            self.native.start()
         self.config = new
         after = {p.id: (p.name, p.allowed_ips) for p in self.peers.values()}
         log.info("reloaded %s: %d clients (%d added, %d removed)", new.path, len(after),
                  len(after.keys() - before.keys()), len(before.keys() - after.keys()))
         return None
 
+    def peer_counters(self, peer) -> dict:
+        """Counters of one client: the Python side's plus the native loop's."""
+        if self.native is None:
+            return peer.counters.as_json()
+        return self.native.merged_counters(peer.counters, self.native.engine.index_of(peer.id))
+
+    def last_rx_seconds(self, peer):
+        ages = [time.time() - peer.last_rx] if peer.last_rx else []
+        if self.native is not None:
+            engine_rx = self.native.engine.peer_stats(self.native.engine.index_of(peer.id))["last_rx"]
+            if engine_rx:
+                ages.append(time.monotonic() - engine_rx)
+        return round(min(ages), 3) if ages else None
+
     def status(self) -> dict:
         doc = super().status()
-        now = time.time()
-        totals = doc["totals"]  # drops are counted globally; traffic per client: add it up
-        for key in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes"):
-            totals[key] = sum(getattr(p.counters, key) for p in self.peers.values())
-        doc.update({
-            "listen": format_addr((self.config.listen_host, self.config.listen_port)),
-            "server_id": self.config.server_id,
-            "clients": [{
+        clients = []
+        for p in sorted(self.peers.values(), key=lambda p: p.id):
+            clients.append({
                 "name": p.name,
                 "id": p.id,
                 "allowed_ips": [str(n) for n in p.allowed_ips],
                 "endpoint": format_addr(p.endpoint) if p.endpoint else None,
-                "last_rx_seconds": round(now - p.last_rx, 3) if p.last_rx else None,
+                "last_rx_seconds": self.last_rx_seconds(p),
                 "roams": p.roams,
-                **p.counters.as_json(),
-            } for p in sorted(self.peers.values(), key=lambda p: p.id)],
+                **self.peer_counters(p),
+            })
+        totals = doc["totals"]  # drops are counted globally; traffic per client: add it up
+        for key in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes"):
+            totals[key] = sum(c[key] for c in clients)
+        doc.update({
+            "listen": format_addr((self.config.listen_host, self.config.listen_port)),
+            "server_id": self.config.server_id,
+            "loop": "native" if self.native else "python",
+            "clients": clients,
         })
         return doc
 
     def dump_stats(self) -> None:
         super().dump_stats()
         for peer in self.peers.values():
-            if peer.last_rx is None and not peer.counters.tx_packets:
+            counters = self.peer_counters(peer)
+            if not counters["rx_packets"] and not counters["tx_packets"]:
                 continue
             endpoint = format_addr(peer.endpoint) if peer.endpoint else "none"
             log.info(kv("peer", client=peer.name, id=peer.id, endpoint=endpoint,
-                        roams=peer.roams, **peer.counters.summary()))
+                        roams=peer.roams, **flatten(counters)))
 

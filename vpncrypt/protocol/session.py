@@ -94,6 +94,13 @@ class Receiver:
         restarted = self.window.accept(timestamp, counter)
         return Opened(client_id, Kind(ptype & ~FROM_SERVER), body, restarted)
 
+    def diagnose(self, packet, now: float, reason: Drop):
+        """The diagnosis alone, for a packet another path (the native loop) refused."""
+        timestamp = wire.full_timestamp(packet[3], int(now))
+        if timestamp < 0 or len(packet) < wire.MIN_PACKET:
+            return Dropped(reason, self.ctx.client_id)
+        return self._diagnose(packet, timestamp, now, reason)
+
     def _diagnose(self, packet, timestamp: int, now: float, reason: Drop):
         """Tell a wrong key or old packet from a wrong clock by trying neighbouring 256-s
         windows (rate-limited: each diagnosis costs up to ~100 opens)."""
@@ -194,6 +201,10 @@ class ServerCore:
         receiver = Receiver(self._ctx(c2s, client_id, self.server_id))
         self._peers[client_id] = _Peer(psk, sender, receiver)
         return True
+
+    def peer(self, client_id: int):
+        """The crypto state of one client: .sender, .receiver (for the native loop's set-up)."""
+        return self._peers[client_id]
 
     def remove_client(self, client_id: int) -> None:
         self._peers.pop(client_id, None)

@@ -1,0 +1,108 @@
+"""The native data path (vpncrypt._fast.Engine) from the daemon's side: threads, events, senders.
+
+With the extension built, DATA packets never pass through Python: two native loops
+(TUN -> UDP and UDP -> TUN) run in threads that release the GIL for good. The
+daemon's main loop keeps the rest: timers, the control socket, and the packets the
+engine hands up (keepalives, time sync, endpoint changes, samples of drops), which the
+sans-IO core decides exactly as in the Python loop. VPNCRYPT_LOOP=python keeps the
+Python loop even when the extension is there.
+"""
+
+import os
+import socket
+import threading
+
+from ..protocol import wire
+
+EV_PACKET, EV_ENDPOINT, EV_DROP = 1, 2, 3
+
+
+def wanted(crypto_path: str) -> bool:
+    return crypto_path == "native" and os.environ.get("VPNCRYPT_LOOP", "native") != "python"
+
+
+class EngineSender:
+    """A protocol Sender whose counter is the engine's, shared with the native loop."""
+
+    __slots__ = ("engine", "index", "direction")
+
+    def __init__(self, engine, index: int, from_server: bool):
+        self.engine, self.index = engine, index
+        self.direction = wire.FROM_SERVER if from_server else 0
+
+    def seal(self, kind, body, now: float) -> bytes:
+        ptype = kind | self.direction
+        timestamp = 0 if ptype in wire.UNTIMED else int(now)
+        return self.engine.seal(self.index, ptype, timestamp, bytes(body))
+
+
+class NativePath:
+    """Owns the Engine, its two threads, the event socket and the stop pipe."""
+
+    def __init__(self, tun, sock, server: bool, server_id: int):
+        from .. import _fast
+
+        self.decode = _fast.Engine.decode_event
+        self.events, events_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        events_w.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        self.events.setblocking(False)
+        self._events_w = events_w
+        self._stop_r, self._stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.engine = _fast.Engine(server, tun.fd, sock.fileno(), sock.family,
+                                   events_w.fileno(), self._stop_r, tun.frame_prefix, server_id)
+        self.threads = []
+
+    def start(self) -> None:
+        self.threads = [threading.Thread(target=run, name=name, daemon=True) for name, run in
+                        (("tun-to-udp", self.engine.run_tun_to_udp),
+                         ("udp-to-tun", self.engine.run_udp_to_tun))]
+        for t in self.threads:
+            t.start()
+
+    def stop(self) -> None:
+        if not self.threads:
+            return
+        os.write(self._stop_w, b"x")
+        for t in self.threads:
+            t.join()
+        self.threads = []
+        try:
+            while os.read(self._stop_r, 64):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        self.stop()
+        self.events.close()
+        self._events_w.close()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+
+    def drain(self, limit: int = 256):
+        """Decoded events waiting on the event socket: (kind, reason, client id, addr, packet)."""
+        out = []
+        for _ in range(limit):
+            try:
+                raw = self.events.recv(1 << 17)
+            except (BlockingIOError, InterruptedError):
+                break
+            event = self.decode(raw)
+            if event is not None:
+                out.append(event)
+        return out
+
+    def merged_counters(self, counters, index: int) -> dict:
+        """A Counters' JSON form plus what the engine counted for peer `index`."""
+        from ..protocol.wire import Drop
+
+        doc = counters.as_json()
+        stats = self.engine.peer_stats(index)
+        for key in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes"):
+            doc[key] += stats[key]
+        drops = dict(doc["drops"])
+        for reason, n in stats["drops"].items():
+            label = Drop(reason).label
+            drops[label] = drops.get(label, 0) + n
+        doc["drops"] = dict(sorted(drops.items()))
+        return doc
