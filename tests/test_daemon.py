@@ -17,6 +17,8 @@ from vpnharness import (SERVER_TUN4, SERVER_TUN6, Deployment, client_tun4, clien
 pytestmark = pytest.mark.netns
 
 MB = 1 << 20
+# The native loop (the default with the extension) and the Python fallback loop.
+LOOPS = pytest.mark.parametrize("loop", ["native", "python"])
 
 
 def assert_same(sent: dict, received: dict, size: int) -> None:
@@ -24,9 +26,10 @@ def assert_same(sent: dict, received: dict, size: int) -> None:
     assert sent["sha256"] == received["sha256"]
 
 
+@LOOPS
 @pytest.mark.parametrize("v6_underlay", [False, True], ids=["ipv4-underlay", "ipv6-underlay"])
-def test_ping_both_ways_ipv4_and_ipv6_inside(netns_factory, tmp_path, v6_underlay):
-    vpn = Deployment(netns_factory, tmp_path, v6_underlay=v6_underlay).start()
+def test_ping_both_ways_ipv4_and_ipv6_inside(netns_factory, tmp_path, v6_underlay, loop):
+    vpn = Deployment(netns_factory, tmp_path, v6_underlay=v6_underlay, loop=loop).start()
     client = vpn.client_host()
     vpn.wait_ping(client, SERVER_TUN4)
     vpn.ping(client, SERVER_TUN4)
@@ -39,8 +42,9 @@ def test_ping_both_ways_ipv4_and_ipv6_inside(netns_factory, tmp_path, v6_underla
     assert "crypto native" in log or "crypto reference" in log
 
 
-def test_64mb_tcp_transfer_checked_by_hash(netns_factory, tmp_path):
-    vpn = Deployment(netns_factory, tmp_path).start()
+@LOOPS
+def test_64mb_tcp_transfer_checked_by_hash(netns_factory, tmp_path, loop):
+    vpn = Deployment(netns_factory, tmp_path, loop=loop).start()
     vpn.wait_ping(vpn.client_host(), SERVER_TUN4)
     sent, received = transfer(vpn.client_host(), vpn.server_host, SERVER_TUN4, 64 * MB)
     assert_same(sent, received, 64 * MB)
@@ -49,8 +53,9 @@ def test_64mb_tcp_transfer_checked_by_hash(netns_factory, tmp_path):
     assert_same(sent, received, 16 * MB)
 
 
-def test_three_clients_and_no_client_speaks_for_another(netns_factory, tmp_path):
-    vpn = Deployment(netns_factory, tmp_path, clients=3).start()
+@LOOPS
+def test_three_clients_and_no_client_speaks_for_another(netns_factory, tmp_path, loop):
+    vpn = Deployment(netns_factory, tmp_path, clients=3, loop=loop).start()
     for i in (1, 2, 3):
         vpn.wait_ping(vpn.client_host(i), SERVER_TUN4)
     receivers = [start_receiver(vpn.server_host, 6000 + i) for i in (1, 2, 3)]
@@ -72,8 +77,9 @@ def test_three_clients_and_no_client_speaks_for_another(netns_factory, tmp_path)
     vpn.ping(c1, SERVER_TUN4)  # its own address still works
 
 
-def test_roaming_mid_transfer(netns_factory, tmp_path):
-    vpn = Deployment(netns_factory, tmp_path).start()
+@LOOPS
+def test_roaming_mid_transfer(netns_factory, tmp_path, loop):
+    vpn = Deployment(netns_factory, tmp_path, loop=loop).start()
     client = vpn.client_host()
     vpn.wait_ping(client, SERVER_TUN4)
     recv = start_receiver(vpn.server_host)
@@ -172,8 +178,9 @@ print(len(payloads))
 """
 
 
-def test_replayed_packets_never_reach_the_other_side(netns_factory, tmp_path):
-    vpn = Deployment(netns_factory, tmp_path, keepalive=0).start()
+@LOOPS
+def test_replayed_packets_never_reach_the_other_side(netns_factory, tmp_path, loop):
+    vpn = Deployment(netns_factory, tmp_path, keepalive=0, loop=loop).start()
     client = vpn.client_host()
     vpn.wait_ping(client, SERVER_TUN4)
     pcap_path = str(tmp_path / "tunnel.pcap")
@@ -252,3 +259,17 @@ def test_client_follows_the_server_name_when_the_server_moves(netns_factory, tmp
         vpn.wait_ping(client, SERVER_TUN4, timeout=15)
     finally:
         shutil.rmtree(etc, ignore_errors=True)
+
+
+def test_detached_daemon_reports_start_up(netns_factory, tmp_path):
+    vpn = Deployment(netns_factory, tmp_path)
+    argv = [sys.executable, "-m", "vpncrypt.cli.vpncryptd", "-c", vpn.server_conf]
+    # Detached, it returns once the server is up (exit 0) and keeps running.
+    up = vpn.server_host.run(argv, env=python_env(), check=False, timeout=30)
+    assert up.returncode == 0, up.stderr
+    assert "vpn0" in vpn.server_host.link_names()
+    # A second one fails to start (the port is taken): the failure reaches the terminal.
+    again = vpn.server_host.run(argv, env=python_env(), check=False, timeout=30)
+    assert again.returncode == 1
+    lines = again.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vpncryptd: "), again.stderr

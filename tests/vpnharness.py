@@ -88,8 +88,11 @@ class Daemon:
 
 class Deployment:
     def __init__(self, make_host, tmp_path, clients: int = 1, v6_underlay: bool = False,
-                 keepalive: int = 5, server_id: int = 7):
+                 keepalive: int = 5, server_id: int = 7, loop: str = "native"):
         self.tmp = str(tmp_path)
+        # Which packet loop the daemons run: the native engine or the Python fallback.
+        self.env = {"VPNCRYPT_LOOP": loop}
+        self.loop = loop
         self.server_host = make_host()
         self.client_hosts = [make_host() for _ in range(clients)]
         self.keys = [generate_key() for _ in range(clients)]
@@ -141,16 +144,24 @@ class Deployment:
         return os.path.join(self.tmp, name + ".log")
 
     def start_server(self) -> Daemon:
-        self.server = Daemon(self.server_host, self.server_conf, self.log("server"))
+        self.server = Daemon(self.server_host, self.server_conf, self.log("server"), env=self.env)
         self.server.wait_log(r"server started")
+        self.check_loop(self.server)
         return self.server
 
     def start_client(self, i: int = 1, prefix=(), env=None) -> Daemon:
         d = Daemon(self.client_hosts[i - 1], self.client_confs[i - 1], self.log(f"client{i}"),
-                   prefix, env)
+                   prefix, {**self.env, **(env or {})})
         d.wait_log(r"client started")
+        self.check_loop(d)
         self.clients[i - 1] = d
         return d
+
+    def check_loop(self, daemon: Daemon) -> None:
+        """The daemon says which loop it runs; in CI the native one must be the one asked for."""
+        m = daemon.wait_log(r"started: .* (native|Python) loop")
+        if self.loop == "python" or os.environ.get("CI"):
+            assert m.group(1).lower() == self.loop, m.group(0)
 
     def start(self) -> "Deployment":
         self.start_server()

@@ -12,8 +12,6 @@ Any other request gets {"ok": false, "error": "..."}. This module holds the clie
 and the names shared by both sides; the daemon side lives in daemon/runtime.py.
 """
 
-import glob
-import json
 import os
 import socket
 
@@ -31,11 +29,16 @@ def socket_path(state_dir: str, interface: str) -> str:
 
 
 def sockets(state_dir: str = DEFAULT_STATE_DIR) -> list[str]:
-    return sorted(glob.glob(os.path.join(state_dir, "*.sock")))
+    try:
+        names = os.listdir(state_dir)
+    except OSError:
+        return []
+    return sorted(os.path.join(state_dir, n) for n in names if n.endswith(".sock"))
 
 
 def request(path: str, message: dict, timeout: float = 5.0) -> dict:
     """Send one request to the daemon listening at `path` and return its reply."""
+    import json  # the daemon imports this module at start-up; json only when used
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:

@@ -26,16 +26,35 @@ from . import fail, parse_args
 PROG = "vpncryptd"
 
 
-def daemonize() -> None:
-    """Classic double fork: detach from the terminal and the session."""
+def daemonize():
+    """Detach (double fork, new session). The original process waits until the daemon
+    reports that it is up, so a start-up failure still reaches the terminal and the exit
+    status. Returns the function the daemon calls to report, taking an error line or None."""
+    read_end, write_end = os.pipe()
     if os.fork():
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            message = pipe.read().decode(errors="replace").strip()
+        if message != "ready":
+            print(f"{PROG}: {message or 'the daemon exited during start-up'}", file=sys.stderr)
+            os._exit(1)
         os._exit(0)
+    os.close(read_end)
     os.setsid()
     if os.fork():
         os._exit(0)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
+
+    def report(error=None):
+        try:
+            os.write(write_end, (error or "ready").encode())
+            os.close(write_end)
+        except OSError:
+            pass
+
+    return report
 
 
 def main(argv=None) -> None:
@@ -62,12 +81,16 @@ def main(argv=None) -> None:
         from ..daemon.server import Server as Daemon
     else:
         from ..daemon.client import Client as Daemon
+    report = None
     try:
         if not foreground:
-            daemonize()
-        Daemon(cfg, None if crypto == "auto" else crypto).main()
+            report = daemonize()
+        Daemon(cfg, None if crypto == "auto" else crypto).main(ready=report)
     except FatalError as e:
         logs.log.error("%s", e)
+        if report is not None:
+            report(str(e))
+            os._exit(1)
         fail(PROG, str(e), 1)
     except KeyboardInterrupt:
         pass

@@ -6,7 +6,6 @@ here is ever handed key material.
 """
 
 import logging
-import logging.handlers
 import sys
 
 log = logging.getLogger("vpncrypt")
@@ -18,8 +17,11 @@ def setup(verbose: bool, foreground: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s vpncryptd: %(levelname)s %(message)s"))
     else:
+        # Only when detached: logging.handlers costs ~0.6 MB of resident memory.
+        from logging.handlers import SysLogHandler
+
         try:
-            handler = logging.handlers.SysLogHandler("/dev/log", facility="daemon")
+            handler = SysLogHandler("/dev/log", facility="daemon")
         except OSError:
             handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("vpncryptd[%(process)d]: %(message)s"))

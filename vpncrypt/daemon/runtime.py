@@ -158,6 +158,8 @@ class Runtime:
         self.selector.register(sock, selectors.EVENT_READ, self.on_control)
 
     def on_control(self) -> None:
+        import json  # loaded at the first control request, not at start-up (~0.2 MB)
+
         try:
             conn, _ = self.control.accept()
         except (BlockingIOError, InterruptedError):
@@ -242,8 +244,9 @@ class Runtime:
 
     # -- loop ---------------------------------------------------------------------------------
 
-    def main(self) -> None:
-        """Set up (raising FatalError with a one-line reason), then serve until stopped."""
+    def main(self, ready=None) -> None:
+        """Set up (raising FatalError with a one-line reason), call `ready()`, then serve
+        until stopped."""
         try:
             self.start()
         except FatalError:
@@ -251,6 +254,8 @@ class Runtime:
                 if thing is not None:
                     thing.close()
             raise
+        if ready is not None:
+            ready()
         self.run()
 
     def start(self) -> None:
