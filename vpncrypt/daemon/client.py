@@ -6,7 +6,6 @@ import socket
 import threading
 import time
 
-from .. import config as configmod
 from ..protocol.session import ClientSession, Opened
 from ..protocol.wire import KEEPALIVE_BODY, STALE_AFTER, Drop, Kind
 from .logs import kv, log
@@ -299,17 +298,12 @@ class Client(Runtime):
         super()._on_wake()
         self.finish_resolve()
 
+    RESTART_ONLY = ("id", "server_id", "key", "interface", "addresses", "routes", "mtu")
+
     def reload(self) -> str | None:
-        try:
-            new = configmod.load(self.config.path)
-            if new.role != "client":
-                raise configmod.ConfigError(f"{self.config.path}: is no longer a client configuration")
-        except configmod.ConfigError as e:
-            log.error("reload failed, keeping the running configuration: %s", e)
-            return str(e)
-        for what in ("id", "server_id", "key", "interface", "addresses", "routes", "mtu"):
-            if getattr(new, what) != getattr(self.config, what):
-                log.warning("reload: '%s' changed; it takes effect after a restart", what)
+        new, error = self.reread_config()
+        if error:
+            return error
         self.config = self.config.__class__(**{
             **self.config.__dict__,
             "server_host": new.server_host, "server_port": new.server_port,

@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 
+from .. import config as configmod
 from .. import control, tun
 from ..protocol import aead, wire
 from ..protocol.wire import Drop
@@ -412,6 +413,25 @@ class Runtime:
     def reload(self) -> str | None:
         """Re-read the configuration; the error as one line, or None."""
         return None
+
+    # Settings a reload cannot change in a running daemon.
+    RESTART_ONLY: tuple = ()
+
+    def reread_config(self):
+        """(new configuration, None), or (None, error line) when it is broken or is no
+        longer of our role; the running configuration stays in force then."""
+        try:
+            new = configmod.load(self.config.path)
+            if new.role != self.role:
+                raise configmod.ConfigError(
+                    f"{self.config.path}: is no longer a {self.role} configuration")
+        except configmod.ConfigError as e:
+            log.error("reload failed, keeping the running configuration: %s", e)
+            return None, str(e)
+        for what in self.RESTART_ONLY:
+            if getattr(new, what) != getattr(self.config, what):
+                log.warning("reload: '%s' changed; it takes effect after a restart", what)
+        return new, None
 
     def dump_stats(self) -> None:
         log.info(kv("stats", role=self.role, **flatten(self.totals())))

@@ -4,7 +4,6 @@ import ipaddress
 import socket
 import time
 
-from .. import config as configmod
 from ..protocol.session import Opened, Reply, ServerCore
 from ..protocol.wire import KEEPALIVE_BODY, Drop, Kind
 from .logs import kv, log
@@ -196,17 +195,12 @@ class Server(Runtime):
 
     # -- control ------------------------------------------------------------------------------
 
+    RESTART_ONLY = ("listen_host", "listen_port", "interface", "addresses", "server_id", "mtu")
+
     def reload(self) -> str | None:
-        try:
-            new = configmod.load(self.config.path)
-            if new.role != "server":
-                raise configmod.ConfigError(f"{self.config.path}: is no longer a server configuration")
-        except configmod.ConfigError as e:
-            log.error("reload failed, keeping the running configuration: %s", e)
-            return str(e)
-        for what in ("listen_host", "listen_port", "interface", "addresses", "server_id", "mtu"):
-            if getattr(new, what) != getattr(self.config, what):
-                log.warning("reload: '%s' changed; it takes effect after a restart", what)
+        new, error = self.reread_config()
+        if error:
+            return error
         before = {p.id: (p.name, p.allowed_ips) for p in self.peers.values()}
         if self.native is not None:
             self.native.stop()  # the engine's tables change only while its loops stand still
