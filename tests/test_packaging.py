@@ -260,6 +260,7 @@ def test_openwrt_makefile_variables(openwrt_top: Path) -> None:
     assert filespec.split() == [
         "+|/usr/lib/python3.11/site-packages",
         "-|/usr/lib/python3.11/site-packages/vpncrypt/_fast.pyx",
+        "-|/usr/lib/python3.11/site-packages/vpncrypt/_fast.c",
         "-|/usr/lib/python3.11/site-packages/vpncrypt/tun/freebsd.py",
     ]
 
@@ -280,12 +281,20 @@ def test_openwrt_makefile_install_dry_run(openwrt_top: Path) -> None:
         assert (OPENWRT_PKG / ref).is_file(), ref
 
 
+def _data_files() -> set[str]:
+    import tomllib
+
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    return {f for files in setuptools.get("data-files", {}).values() for f in files}
+
+
 def test_openwrt_makefile_prepare_and_install_for_real(openwrt_top: Path) -> None:
     proc = openwrt_make(openwrt_top, "stub-prepare")
     assert proc.returncode == 0, proc.stderr
     build = openwrt_top / "build_dir" / f"vpncrypt-{VERSION}"
     copied = {p.relative_to(build).as_posix() for p in build.rglob("*") if p.is_file()}
     assert {"pyproject.toml", "setup.py", "vpncrypt/_fast.pyx", "vpncrypt/__init__.py"} <= copied
+    assert _data_files() <= copied  # the wheel build needs them
     sources = {p.relative_to(REPO).as_posix() for p in (REPO / "vpncrypt").rglob("*.py")
                if "__pycache__" not in p.parts}
     assert sources <= copied
@@ -975,10 +984,70 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     text = text.replace("ExecStart=/usr/bin/vpncryptd ", f"ExecStart={shim} ")
     (tmp_path / "vpncryptd@.service").write_text(text)
     (tmp_path / "vpncryptd@office.service").write_text(text)
-    proc = run([analyze, "verify", str(tmp_path / "vpncryptd@office.service")],
+    # --man=no: the man pages of Documentation= are not installed here (the next test
+    # checks that their sources exist).
+    proc = run([analyze, "verify", "--man=no", str(tmp_path / "vpncryptd@office.service")],
                env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip() == "", proc.stderr  # unknown keys are only warnings
+
+
+@pytest.mark.netns
+def test_daemon_runs_with_only_the_units_capabilities(netns_factory, tmp_path: Path) -> None:
+    """vpncryptd@.service runs the daemon as root with CapabilityBoundingSet= and
+    AmbientCapabilities= only: start a real server that way (setpriv, in a throwaway
+    network namespace) and check that it creates and configures its TUN, opens its
+    control socket and stops cleanly.  The rest of the unit's sandbox needs systemd
+    as PID 1, which this machine does not have."""
+    setpriv = require_tool("setpriv", "util-linux")
+    unit = parse_unit(SYSTEMD_UNIT.read_text())
+    caps = unit["Service"]["CapabilityBoundingSet"][-1].split()
+    assert caps == unit["Service"]["AmbientCapabilities"][-1].split()
+    names = ",".join(f"+{c.lower().removeprefix('cap_')}" for c in caps)
+    conf = tmp_path / "server.conf"
+    state = tmp_path / "state"
+    key_file = tmp_path / "a.key"
+    write_key(key_file)
+    conf.write_text(
+        "[server]\nlisten = 0.0.0.0:51900\ninterface = vpct0\n"
+        f"address = 10.201.0.1/24, fd00:201::1/64\nstate_dir = {state}\n\n"
+        f"[client a]\nid = 1\nkey_file = {key_file}\nallowed_ips = 10.201.0.2/32\n"
+    )
+    host = netns_factory()
+    proc = host.popen(
+        [setpriv, f"--bounding-set=-all,{names}", f"--inh-caps=-all,{names}",
+         f"--ambient-caps=-all,{names}", "--no-new-privs",
+         sys.executable, "-m", "vpncrypt.cli.vpncryptd", "-c", str(conf), "--foreground"],
+        env=python_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 30
+    while "vpct0" not in host.link_names() or not host.ip("-6", "addr", "show", "vpct0").strip():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "the daemon did not configure vpct0 within 30 s"
+        time.sleep(0.2)
+    status = Path(f"/proc/{proc.pid}/status").read_text()
+    expected = sum(1 << {"CAP_NET_ADMIN": 12, "CAP_SETUID": 7, "CAP_SETGID": 6,
+                         "CAP_NET_BIND_SERVICE": 10}[c] for c in caps)
+    for field in ("CapEff", "CapBnd", "CapAmb"):
+        value = re.search(rf"^{field}:\s*([0-9a-f]+)$", status, re.MULTILINE)
+        assert value and int(value.group(1), 16) == expected, status
+    addresses = host.ip("-br", "addr", "show", "vpct0")
+    assert "10.201.0.1/24" in addresses and "fd00:201::1/64" in addresses
+    assert "10.201.0.0/24 dev vpct0" in host.ip("route")
+    assert stat.S_ISSOCK((state / "vpct0.sock").stat().st_mode)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0, proc.stderr.read()
+    assert "vpct0" not in host.link_names()
+
+
+def test_systemd_unit_documentation_exists() -> None:
+    unit = parse_unit(SYSTEMD_UNIT.read_text())
+    pages = unit["Unit"]["Documentation"][0].split()
+    assert pages
+    for page in pages:
+        mo = re.fullmatch(r"man:([\w.-]+)\((\d)\)", page)
+        assert mo, page
+        assert (REPO / "docs" / "man" / f"{mo.group(1)}.{mo.group(2)}").is_file(), page
 
 
 # --------------------------------------------------------------------------- sdist, wheel, venv
@@ -1026,6 +1095,19 @@ class Built:
         return sdist
 
 
+# Left out of the copy the wheel test builds from: VCS data, environments, caches and
+# build products of the checkout (an in-place extension, generated C, old builds).
+_SKIP_DIRS = {".git", ".venv", "venv", "build", "dist", "__pycache__", ".pytest_cache",
+              ".hypothesis", ".benchmarks", ".ci", "bench", "openwrt", "freebsd-port"}
+
+
+def _not_source(directory: str, names: list[str]) -> set[str]:
+    skipped = {n for n in names if n in _SKIP_DIRS or n.endswith((".egg-info", ".so", ".pyc"))}
+    if Path(directory).name == "vpncrypt":
+        skipped.add("_fast.c")
+    return skipped
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     require_build()
@@ -1033,12 +1115,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     # Build from a copy of the package sources, so nothing is written into the checkout
     # (egg-info, build/) and nothing from it (an in-place .so, a venv) leaks in.
     src = b.root / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE", "MANIFEST.in"):
-        if (REPO / name).exists():
-            shutil.copy2(REPO / name, src / name)
-    shutil.copytree(REPO / "vpncrypt", src / "vpncrypt",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyc", "_fast.c"))
+    shutil.copytree(REPO, src, ignore=_not_source)
     proc = b.run([sys.executable, "-m", "build", "--outdir", str(b.dist), str(src)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     proc = b.run([sys.executable, "-m", "venv", str(b.venv)])
@@ -1065,6 +1142,7 @@ def test_sdist_and_wheel_contents(built: Built) -> None:
     with tarfile.open(built.sdist) as tar:
         members = {m.name.split("/", 1)[1] for m in tar.getmembers() if "/" in m.name}
     assert {"pyproject.toml", "setup.py", "vpncrypt/_fast.pyx"} <= members
+    assert _data_files() <= members  # or a wheel built from the sdist fails
     assert not [s for s in sources if s not in members]
 
 
