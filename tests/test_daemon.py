@@ -273,3 +273,26 @@ def test_detached_daemon_reports_start_up(netns_factory, tmp_path):
     assert again.returncode == 1
     lines = again.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vpncryptd: "), again.stderr
+
+
+def test_daemons_drop_root_after_set_up(netns_factory, tmp_path):
+    vpn = Deployment(netns_factory, tmp_path).start()
+    vpn.wait_ping(vpn.client_host(), SERVER_TUN4)
+    for daemon in (vpn.server, vpn.clients[0]):
+        daemon.wait_log(r"running as nobody \(uid 65534\) with CAP_NET_ADMIN and "
+                        r"CAP_DAC_READ_SEARCH only")
+        status = open(f"/proc/{daemon.proc.pid}/status").read()
+        uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", status, re.M).groups()
+        assert uids == ("65534",) * 4, status
+        assert re.search(r"^Groups:\s*$", status, re.M), status
+        cap_eff = int(re.search(r"^CapEff:\s+([0-9a-f]+)", status, re.M).group(1), 16)
+        cap_prm = int(re.search(r"^CapPrm:\s+([0-9a-f]+)", status, re.M).group(1), 16)
+        assert cap_eff == cap_prm == (1 << 12) | (1 << 2), hex(cap_eff)  # NET_ADMIN, DAC_READ_SEARCH
+        # Every thread, the native loop's included, runs with the same reduced rights.
+        for task in os.listdir(f"/proc/{daemon.proc.pid}/task"):
+            tstatus = open(f"/proc/{daemon.proc.pid}/task/{task}/status").read()
+            assert re.search(r"^Uid:\s+65534\s", tstatus, re.M)
+            assert int(re.search(r"^CapEff:\s+([0-9a-f]+)", tstatus, re.M).group(1), 16) == cap_eff
+    # The private control socket still answers root, and traffic still flows.
+    vpn.ping(vpn.client_host(), SERVER_TUN4)
+    assert vpn.server.stats()["role"] == "server"

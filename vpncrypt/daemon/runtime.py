@@ -250,6 +250,7 @@ class Runtime:
         until stopped."""
         try:
             self.start()
+            self.drop_privileges()
         except FatalError:
             for thing in (self.native, self.tun, self.sock, self.control):
                 if thing is not None:
@@ -258,6 +259,23 @@ class Runtime:
         if ready is not None:
             ready()
         self.run()
+
+    def drop_privileges(self) -> None:
+        """After set-up, before any thread starts (capabilities are per thread)."""
+        from . import privileges
+
+        try:
+            entry = privileges.target(self.config.user)
+            if entry is None:
+                if os.geteuid() == 0 and self.config.user != "root":
+                    log.warning("no user '%s' to drop privileges to: staying root",
+                                self.config.user or privileges.DEFAULT_USER)
+                return
+            privileges.drop(entry, own_paths=[self.config.state_dir])
+        except (privileges.PrivilegeError, OSError) as e:
+            raise FatalError(str(e)) from None
+        log.info("running as %s (uid %d) with CAP_NET_ADMIN and CAP_DAC_READ_SEARCH only",
+                 entry.pw_name, entry.pw_uid)
 
     def start(self) -> None:
         raise NotImplementedError

@@ -1,0 +1,75 @@
+"""Dropping root once the TUN device, the sockets and the control socket exist.
+
+The daemon switches to an unprivileged user (config `user`, default `nobody` when that
+account exists; `user = root` keeps root) and keeps exactly two capabilities:
+CAP_NET_ADMIN (interface work on a future reload) and CAP_DAC_READ_SEARCH (re-reading
+the root-only configuration and key files on SIGHUP). Linux only; elsewhere it says so
+and stays as it is.
+"""
+
+import ctypes
+import os
+import pwd
+import sys
+
+CAP_DAC_READ_SEARCH = 2
+CAP_NET_ADMIN = 12
+KEPT = (CAP_NET_ADMIN, CAP_DAC_READ_SEARCH)
+_PR_SET_KEEPCAPS = 8
+_CAP_VERSION_3 = 0x20080522
+DEFAULT_USER = "nobody"
+
+
+class _Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+class PrivilegeError(Exception):
+    """One line: why privileges could not be dropped as configured."""
+
+
+def target(configured: str | None):
+    """The passwd entry to switch to, or None to stay as we are."""
+    if os.geteuid() != 0 or not sys.platform.startswith("linux"):
+        return None
+    name = configured or DEFAULT_USER
+    if name == "root":
+        return None
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        if configured:
+            raise PrivilegeError(f"user '{name}' does not exist (config key 'user')") from None
+        return None  # no `nobody` here: the caller warns and stays root
+
+
+def drop(entry, own_paths=()) -> None:
+    """Become `entry`'s uid/gid with only KEPT capabilities. Must run before any other
+    thread starts: capabilities are per thread. `own_paths` (the state directory) are
+    handed to the new user first so it can clean up after itself."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def check(result, what):
+        if result != 0:
+            err = ctypes.get_errno()
+            raise PrivilegeError(f"dropping privileges: {what}: {os.strerror(err)}")
+
+    for path in own_paths:
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    check(libc.prctl(_PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    mask = 0
+    for cap in KEPT:
+        mask |= 1 << cap
+    header = _Header(_CAP_VERSION_3, 0)
+    data = (_Data * 2)()
+    data[0].effective = data[0].permitted = mask
+    check(libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
+    check(libc.prctl(_PR_SET_KEEPCAPS, 0, 0, 0, 0), "prctl(PR_SET_KEEPCAPS, 0)")
