@@ -495,6 +495,13 @@ cdef int window_accept(Window *w, int64_t ts, uint32_t counter) noexcept nogil:
     return 0
 
 
+cdef void window_restore(Window *w, int64_t floor) noexcept nogil:
+    """Saved state after a receiver restart (protocol/replay.py ReplayWindow.restore)."""
+    memset(w, 0, sizeof(Window))
+    w.has_newest = 1
+    w.newest = w.floor = floor
+
+
 cdef class NativeWindow:
     """The C replay window, exposed for tests against protocol/replay.py."""
 
@@ -505,6 +512,9 @@ cdef class NativeWindow:
 
     def check(self, int64_t ts, uint32_t counter):
         return window_check(&self.w, ts, counter)
+
+    def restore(self, int64_t floor):
+        window_restore(&self.w, floor)
 
     def accept(self, int64_t ts, uint32_t counter):
         return bool(window_accept(&self.w, ts, counter))
@@ -852,6 +862,15 @@ cdef class Engine:
             "drops": {r: p.drops[r] for r in range(N_REASONS) if p.drops[r]},
             "last_rx": p.last_rx, "first_unanswered": p.first_unanswered,
         }
+
+    def restore_window(self, int idx, int64_t floor):
+        """protocol/replay.py ReplayWindow.restore for this peer's DATA window."""
+        window_restore(&self.peer(idx).window, floor)
+
+    def window_newest(self, int idx):
+        """The newest accepted DATA timestamp of this peer, or None."""
+        cdef Window *w = &self.peer(idx).window
+        return w.newest if w.has_newest else None
 
     def reset_window(self, int idx):
         """Forget the replay state of a peer (the client's clock moved back past it)."""

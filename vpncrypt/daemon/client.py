@@ -313,6 +313,9 @@ class Client(Runtime):
         self.start_resolve(time.monotonic())
         return None
 
+    def replay_windows(self):
+        return [("server", [self.session.receiver.window], 0 if self.native is not None else None)]
+
     def totals(self) -> dict:
         doc = super().totals()  # Python's counters and every drop the engine counted
         if self.native is not None:

@@ -20,7 +20,8 @@ from ..protocol.wire import Drop
 from .logs import RateLimiter, kv, log
 
 BATCH = 64  # packets drained per readiness event, so neither side starves the other
-TICK = 0.5  # seconds between timer checks
+TICK = 0.5  # seconds between timer checks (and replay-state saves)
+REPLAY_MARGIN = 2  # seconds added to the saved newest timestamp on restore
 SOCKET_BUFFER = 4 << 20
 
 
@@ -88,6 +89,7 @@ class Runtime:
         self.sock = None
         self.control = None
         self.native = None  # fastpath.NativePath when DATA packets take the native loop
+        self._saved_replay = {}
         self.mtu = None
         self.started = time.monotonic()
 
@@ -256,9 +258,72 @@ class Runtime:
                 if thing is not None:
                     thing.close()
             raise
+        self.load_replay_state()
         if ready is not None:
             ready()
         self.run()
+
+    # -- replay state across restarts ------------------------------------------------------
+
+    def replay_windows(self):
+        """[(key, [Python ReplayWindows], native engine index or None)] for every sender."""
+        raise NotImplementedError
+
+    def replay_path(self) -> str:
+        return os.path.join(self.config.state_dir, f"{self.tun.name}.replay")
+
+    def newest_timestamps(self) -> dict:
+        out = {}
+        for key, windows, index in self.replay_windows():
+            seen = [w.newest for w in windows if w.newest is not None]
+            if index is not None:
+                native = self.native.engine.window_newest(index)
+                if native is not None:
+                    seen.append(native)
+            if seen:
+                out[str(key)] = max(seen)
+        return out
+
+    def save_replay_state(self) -> None:
+        """Every tick and at exit: the newest timestamp accepted from each sender, so a
+        restarted daemon refuses everything captured before (docs/PROTOCOL.md)."""
+        state = self.newest_timestamps()
+        if state == self._saved_replay:
+            return
+        path = self.replay_path()
+        try:
+            with open(path + ".tmp", "w") as f:
+                f.writelines(f"{key} {newest}\n" for key, newest in sorted(state.items()))
+            os.replace(path + ".tmp", path)
+        except OSError as e:
+            if self.limiter.allow(("replay-state", e.errno), time.monotonic()) is not None:
+                log.warning("cannot save replay state to %s: %s", path, e.strerror)
+            return
+        self._saved_replay = state
+
+    def load_replay_state(self) -> None:
+        try:
+            with open(self.replay_path()) as f:
+                saved = dict(line.split() for line in f if line.count(" ") == 1)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:
+            log.warning("ignoring unreadable replay state %s: %s", self.replay_path(), e)
+            return
+        restored = 0
+        for key, windows, index in self.replay_windows():
+            if str(key) not in saved or not saved[str(key)].isdigit():
+                continue
+            # The state is saved every tick: packets accepted since then are at most a
+            # second or so newer than what was saved.
+            floor = int(saved[str(key)]) + REPLAY_MARGIN
+            for w in windows:
+                w.restore(floor)
+            if index is not None:
+                self.native.engine.restore_window(index, floor)
+            restored += 1
+        if restored:
+            log.info("replay state restored for %d sender(s) from %s", restored, self.replay_path())
 
     def drop_privileges(self) -> None:
         """After set-up, before any thread starts (capabilities are per thread)."""
@@ -302,6 +367,7 @@ class Runtime:
                     self.dump_stats()
                 if time.monotonic() >= next_tick:
                     self.tick(time.monotonic())
+                    self.save_replay_state()
                     next_tick = time.monotonic() + TICK
         finally:
             self.shutdown()
@@ -309,6 +375,7 @@ class Runtime:
     def shutdown(self) -> None:
         if self.native is not None:
             self.native.stop()  # before the descriptors its threads use are closed
+        self.save_replay_state()
         self.dump_stats()
         if self.tun is not None:
             self.tun.close()  # a non-persistent TUN interface disappears with its descriptor

@@ -214,6 +214,11 @@ class Server(Runtime):
                  len(after.keys() - before.keys()), len(before.keys() - after.keys()))
         return None
 
+    def replay_windows(self):
+        engine = self.native.engine if self.native is not None else None
+        return [(cid, [self.core.peer(cid).receiver.window],
+                 engine.index_of(cid) if engine is not None else None) for cid in self.peers]
+
     def peer_counters(self, peer) -> dict:
         """Counters of one client: the Python side's plus the native loop's."""
         if self.native is None:

@@ -33,6 +33,12 @@ class ReplayWindow:
         self.top = 0  # highest accepted counter
         self.bits = 0  # bit i set: counter top - i was accepted
 
+    def restore(self, floor: int) -> None:
+        """Start from saved state after a receiver restart: nothing older than `floor`
+        is accepted, and a packet at `floor` only if its counter continues the window."""
+        self.reset()
+        self.newest = self.floor = floor
+
     def check(self, timestamp: int, counter: int):
         """None if the packet may be fresh, else the Drop reason. Does not change state."""
         newest = self.newest
