@@ -79,3 +79,23 @@ def test_native_routes_match_longest_prefix(nets, seed):
         assert engine.lookup(ip.version, ip.packed) == expected
     r.close()
     w.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=events, start=st.integers(0, 2**32 - 1), floor_delta=st.integers(-3, 3))
+def test_restored_windows_agree(events, start, floor_delta):
+    """After a restart both windows start from the saved floor and decide alike."""
+    fast = native()
+    ref, nat = replay.ReplayWindow(), fast.NativeWindow()
+    ts, counter = 1_000_000, start
+    ref.restore(ts + floor_delta)
+    nat.restore(ts + floor_delta)
+    for dts, dcounter in events:
+        ts += dts
+        counter = (counter + dcounter) & 0xFFFFFFFF
+        expected = ref.check(ts, counter)
+        assert nat.check(ts, counter) == (0 if expected is None else int(expected))
+        if expected is None:
+            assert nat.accept(ts, counter) == ref.accept(ts, counter)
+    # Nothing older than the floor is ever accepted.
+    assert ref.check(1_000_000 + floor_delta - 1, start) is not None
