@@ -250,8 +250,8 @@ def test_openwrt_makefile_variables(openwrt_top: Path) -> None:
     assert values["PYTHON3_PKG_BUILD_VARS"] == f'CPATH="{openwrt_top}/staging_dir/target/usr/include"'
     assert values["STUB_PACKAGES"].split() == ["vpncrypt", "vpncrypt-src"]
     assert set(values["DEPENDS.vpncrypt"].split()) == {
-        "+python3-light", "+python3-logging", "+python3-docopt", "+python3-pyroute2",
-        "+libopenssl", "+kmod-tun",
+        "+python3-light", "+python3-logging", "+python3-ctypes", "+python3-docopt",
+        "+python3-pyroute2", "+libopenssl", "+kmod-tun",
     }
     assert values["DEPENDS.vpncrypt-src"] == ""
     assert values["SECTION.vpncrypt"] == "net" and values["CATEGORY.vpncrypt"] == "Network"
@@ -956,7 +956,8 @@ def test_systemd_unit_keys() -> None:
     assert service["Restart"] == "on-failure"
     assert service["User"] == "root"
     assert service["AmbientCapabilities"] == "CAP_NET_ADMIN"
-    assert service["CapabilityBoundingSet"] == "CAP_NET_ADMIN"
+    assert set(service["CapabilityBoundingSet"].split()) == {
+        "CAP_NET_ADMIN", "CAP_DAC_READ_SEARCH", "CAP_SETUID", "CAP_SETGID", "CAP_CHOWN"}
     assert service["DeviceAllow"] == "/dev/net/tun rw"
     assert service["DevicePolicy"] == "closed"
     assert service["ProtectSystem"] == "strict"
@@ -992,18 +993,42 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     assert proc.stderr.strip() == "", proc.stderr  # unknown keys are only warnings
 
 
+_CAP_BITS = {
+    "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_DAC_READ_SEARCH": 2, "CAP_FOWNER": 3,
+    "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_SETPCAP": 8,
+    "CAP_NET_BIND_SERVICE": 10, "CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13, "CAP_SYS_ADMIN": 21,
+}
+
+
+def _cap_mask(names: list[str]) -> int:
+    return sum(1 << _CAP_BITS[name] for name in names)
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
 @pytest.mark.netns
 def test_daemon_runs_with_only_the_units_capabilities(netns_factory, tmp_path: Path) -> None:
-    """vpncryptd@.service runs the daemon as root with CapabilityBoundingSet= and
-    AmbientCapabilities= only: start a real server that way (setpriv, in a throwaway
-    network namespace) and check that it creates and configures its TUN, opens its
-    control socket and stops cleanly.  The rest of the unit's sandbox needs systemd
-    as PID 1, which this machine does not have."""
+    """vpncryptd@.service starts the daemon as root with only the capabilities of its
+    CapabilityBoundingSet= (and AmbientCapabilities=).  Start a real server that way
+    (setpriv, in a throwaway network namespace) and check that it creates and
+    configures its TUN and control socket, drops to `nobody` keeping only what it
+    means to keep, and stops cleanly.  The rest of the unit's sandbox needs systemd as
+    PID 1, which this machine does not have."""
+    import pwd
+
+    from vpncrypt.daemon import privileges
+
     setpriv = require_tool("setpriv", "util-linux")
-    unit = parse_unit(SYSTEMD_UNIT.read_text())
-    caps = unit["Service"]["CapabilityBoundingSet"][-1].split()
-    assert caps == unit["Service"]["AmbientCapabilities"][-1].split()
-    names = ",".join(f"+{c.lower().removeprefix('cap_')}" for c in caps)
+    service = parse_unit(SYSTEMD_UNIT.read_text())["Service"]
+    bounding = service["CapabilityBoundingSet"][-1].split()
+    ambient = service["AmbientCapabilities"][-1].split()
+
+    def setpriv_list(names: list[str]) -> str:
+        return ",".join(["-all", *(f"+{n.lower().removeprefix('cap_')}" for n in names)])
+
     conf = tmp_path / "server.conf"
     state = tmp_path / "state"
     key_file = tmp_path / "a.key"
@@ -1013,24 +1038,29 @@ def test_daemon_runs_with_only_the_units_capabilities(netns_factory, tmp_path: P
         f"address = 10.201.0.1/24, fd00:201::1/64\nstate_dir = {state}\n\n"
         f"[client a]\nid = 1\nkey_file = {key_file}\nallowed_ips = 10.201.0.2/32\n"
     )
+    nobody = pwd.getpwnam(privileges.DEFAULT_USER).pw_uid
     host = netns_factory()
     proc = host.popen(
-        [setpriv, f"--bounding-set=-all,{names}", f"--inh-caps=-all,{names}",
-         f"--ambient-caps=-all,{names}", "--no-new-privs",
+        [setpriv, f"--bounding-set={setpriv_list(bounding)}",
+         f"--inh-caps={setpriv_list(ambient)}", f"--ambient-caps={setpriv_list(ambient)}",
+         "--no-new-privs",
          sys.executable, "-m", "vpncrypt.cli.vpncryptd", "-c", str(conf), "--foreground"],
         env=python_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 30
-    while "vpct0" not in host.link_names() or not host.ip("-6", "addr", "show", "vpct0").strip():
+    while True:  # until it has configured the interface and dropped root
         assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline, "the daemon did not configure vpct0 within 30 s"
+        assert time.monotonic() < deadline, "the daemon did not get going within 30 s"
+        if ("vpct0" in host.link_names() and host.ip("-6", "addr", "show", "vpct0").strip()
+                and _proc_status(proc.pid)["Uid"].split()[0] == str(nobody)):
+            break
         time.sleep(0.2)
-    status = Path(f"/proc/{proc.pid}/status").read_text()
-    expected = sum(1 << {"CAP_NET_ADMIN": 12, "CAP_SETUID": 7, "CAP_SETGID": 6,
-                         "CAP_NET_BIND_SERVICE": 10}[c] for c in caps)
-    for field in ("CapEff", "CapBnd", "CapAmb"):
-        value = re.search(rf"^{field}:\s*([0-9a-f]+)$", status, re.MULTILINE)
-        assert value and int(value.group(1), 16) == expected, status
+    status = _proc_status(proc.pid)
+    assert int(status["CapBnd"], 16) == _cap_mask(bounding)
+    kept = sum(1 << cap for cap in privileges.KEPT)
+    assert kept & ~_cap_mask(bounding) == 0  # what it keeps, the unit must grant
+    assert int(status["CapEff"], 16) == int(status["CapPrm"], 16) == kept, status
+    assert status["NoNewPrivs"] == "1"
     addresses = host.ip("-br", "addr", "show", "vpct0")
     assert "10.201.0.1/24" in addresses and "fd00:201::1/64" in addresses
     assert "10.201.0.0/24 dev vpct0" in host.ip("route")
@@ -1038,6 +1068,7 @@ def test_daemon_runs_with_only_the_units_capabilities(netns_factory, tmp_path: P
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0, proc.stderr.read()
     assert "vpct0" not in host.link_names()
+    assert not (state / "vpct0.sock").exists()
 
 
 def test_systemd_unit_documentation_exists() -> None:
