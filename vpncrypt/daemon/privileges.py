@@ -60,11 +60,19 @@ def drop(entry, own_paths=()) -> None:
             raise PrivilegeError(f"dropping privileges: {what}: {os.strerror(err)}")
 
     for path in own_paths:
-        os.chown(path, entry.pw_uid, entry.pw_gid)
+        try:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        except OSError as e:
+            raise PrivilegeError(f"dropping privileges: cannot hand {path} to user "
+                                 f"'{entry.pw_name}': {e.strerror} (needs CAP_CHOWN)") from None
     check(libc.prctl(_PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
-    os.setgroups([])
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
+    try:
+        os.setgroups([])
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+    except OSError as e:
+        raise PrivilegeError(f"dropping privileges: switching to '{entry.pw_name}': "
+                             f"{e.strerror} (needs CAP_SETUID and CAP_SETGID)") from None
     mask = 0
     for cap in KEPT:
         mask |= 1 << cap
