@@ -116,3 +116,36 @@ def test_reload_through_the_control_socket(netns_factory, tmp_path):
     assert reply["ok"] is False and "server.conf:2: [server] listen:" in reply["error"]
     vpn.ping(vpn.client_host(2), SERVER_TUN4)  # the running configuration was kept
     assert control.request(path, {"command": "dance"})["ok"] is False
+
+
+def test_add_client_output_works_as_is_and_remove_client_cuts_it_off(netns_factory, tmp_path):
+    from vpnharness import Daemon
+
+    vpn = Deployment(netns_factory, tmp_path, clients=2)
+    vpn.server_conf = vpn.write("server.conf", vpn.server_text(clients=[1]))
+    vpn.start_server()
+    vpn.start_client(1)
+    added = vpncrypt("add-client", "phone", "--config", vpn.server_conf,
+                     "--endpoint", "10.200.2.1:51900")
+    assert added.returncode == 0, added.stderr
+    assert "reload" in added.stderr  # the running daemon was asked to reload
+    vpn.server.wait_log(r"reloaded .*2 clients \(1 added, 0 removed\)")
+    # The printed configuration, used exactly as printed, on the second host.
+    conf = tmp_path / "phone.conf"
+    conf.write_text(added.stdout)
+    os.chmod(conf, 0o600)
+    phone = Daemon(vpn.client_host(2), str(conf), str(tmp_path / "phone.log"))
+    phone.wait_log(r"client started")
+    address = json.loads(show(vpn.state_dir("server"), "--json"))[0]["clients"][1]
+    assert address["name"] == "phone"
+    phone_ip = address["allowed_ips"][0].split("/")[0]
+    vpn.wait_ping(vpn.client_host(2), SERVER_TUN4)
+    vpn.ping(vpn.server_host, phone_ip)
+    # Removing it cuts it off at once; the other client is not disturbed.
+    removed = vpncrypt("remove-client", "phone", "--config", vpn.server_conf)
+    assert removed.returncode == 0, removed.stderr
+    vpn.server.wait_log(r"reloaded .*1 clients \(0 added, 1 removed\)")
+    assert vpn.ping(vpn.client_host(2), SERVER_TUN4, count=2, check=False).returncode != 0
+    vpn.server.wait_log(r"drop reason=unknown-client")
+    vpn.ping(vpn.client_host(1), SERVER_TUN4)
+    phone.stop()
