@@ -15,7 +15,10 @@ class AllowedIPs:
         self._lengths = {4: [], 6: []}
 
     def add(self, network, owner) -> None:
-        net = ipaddress.ip_network(network)
+        # Network objects (from the config) are used as they are: re-parsing them is
+        # most of the start-up time of a server with thousands of clients.
+        net = network if isinstance(network, (ipaddress.IPv4Network, ipaddress.IPv6Network)) \
+            else ipaddress.ip_network(network)
         table = self._tables[net.version].setdefault(net.prefixlen, {})
         table[int(net.network_address)] = owner
         self._lengths[net.version] = sorted(self._tables[net.version], reverse=True)
