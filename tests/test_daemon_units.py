@@ -94,3 +94,10 @@ def test_rate_limiter_holds_back_and_counts():
 def test_kv_quotes_values_with_spaces():
     assert kv("drop", reason="auth", detail="a b") == 'drop reason=auth detail="a b"'
     assert kv("x", empty="") == 'x empty=""'
+
+
+def test_rate_limiter_caps_lines_over_all_keys():
+    limiter = RateLimiter(interval=10.0, rate=5.0)
+    allowed = [limiter.allow(("auth", f"192.0.2.{i}"), 100.0) for i in range(50)]
+    assert sum(a is not None for a in allowed) == 5  # 50 spoofed sources, 5 lines
+    assert limiter.allow(("auth", "192.0.2.99"), 101.0) == 0  # refilled a second later

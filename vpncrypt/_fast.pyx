@@ -408,6 +408,7 @@ DEF D_UNKNOWN_CLIENT = 3
 DEF D_STALE = 4
 DEF D_REPLAY = 5
 DEF D_AUTH = 6
+DEF D_RATE_LIMITED = 9
 DEF D_SPOOFED_SOURCE = 10
 DEF D_NO_ROUTE = 11
 DEF D_BAD_PACKET = 12
@@ -415,6 +416,7 @@ DEF D_UNSYNCED = 13
 DEF N_REASONS = 16
 
 DEF BATCH = 32
+DEF CTL_RATE = 50.0   # keepalives/time-sync packets per second and client handed to Python
 DEF SLOT = 65536
 # Event kinds sent to the Python side.
 DEF EV_PACKET = 1      # a non-DATA packet for the sans-IO core to decide
@@ -607,6 +609,8 @@ cdef struct Peer:
     uint64_t drops[N_REASONS]
     double last_rx                  # CLOCK_MONOTONIC seconds of the last authenticated DATA
     double first_unanswered         # first send since last_rx, 0 if none
+    double ctl_tokens               # budget for this peer's control packets sent up to Python
+    double ctl_refilled
 
 
 cdef inline double clock_now(int which) noexcept nogil:
@@ -678,7 +682,6 @@ cdef class Engine:
     cdef public bint hold_tx          # client: data waits for the first time sync
     cdef uint64_t drops[N_REASONS]
     cdef uint64_t events_lost
-    cdef double tokens, refilled      # budget for forwarding packets to Python
     cdef double sample_tokens, sample_refilled
     cdef EVP_CIPHER_CTX *py_work      # for seal() called from Python, under the GIL
     cdef list keep                    # the SivContexts whose templates we borrow
@@ -700,7 +703,7 @@ cdef class Engine:
         self.event_fd, self.stop_r = event_fd, stop_r
         self.frame_prefix, self.server_id = frame_prefix, server_id
         self.keep = []
-        self.tokens = self.sample_tokens = 0.0
+        self.sample_tokens = 0.0
 
     def __dealloc__(self):
         cdef int i
@@ -866,6 +869,13 @@ cdef class Engine:
     def restore_window(self, int idx, int64_t floor):
         """protocol/replay.py ReplayWindow.restore for this peer's DATA window."""
         window_restore(&self.peer(idx).window, floor)
+
+    def shift_window(self, int idx, int64_t delta):
+        """protocol/replay.py ReplayWindow.shift for this peer's DATA window."""
+        cdef Window *w = &self.peer(idx).window
+        if w.has_newest:
+            w.newest += delta
+            w.floor += delta
 
     def window_newest(self, int idx):
         """The newest accepted DATA timestamp of this peer, or None."""
@@ -1043,7 +1053,7 @@ cdef class Engine:
                 owners[count] = p
                 p.tx_packets += 1
                 p.tx_bytes += OVERHEAD + r
-                if p.first_unanswered == 0:
+                if p.first_unanswered == 0 or p.first_unanswered < p.last_rx:
                     p.first_unanswered = mono
                 count += 1
             k = 0
@@ -1121,10 +1131,12 @@ cdef class Engine:
                     continue
                 if (ptype & 0x7F) != KIND_DATA:
                     # Keepalives and time sync: the sans-IO core decides (budgeted).
-                    if self.take(&self.tokens, &self.refilled, 2000.0, mono):
+                    # Per client, so forgeries naming one client cannot starve the others;
+                    # what is over budget is counted like any drop.
+                    if self.take(&p.ctl_tokens, &p.ctl_refilled, CTL_RATE, mono):
                         self.emit(EV_PACKET, 0, cid, &srcs[i], alen, pkt, n)
                     else:
-                        self.events_lost += 1
+                        self.drop(p, D_RATE_LIMITED, &srcs[i], alen, pkt, 0, mono)
                     continue
                 ts = full_timestamp(pkt[3], now_s)
                 if ts < 0:

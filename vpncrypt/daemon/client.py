@@ -141,6 +141,8 @@ class Client(Runtime):
             return
         self.last_rx = time.monotonic()
         self.unanswered_since = None
+        if self.native is not None:
+            self.native.engine.mark_answered(0)
         self.counters.rx_packets += 1
         self.counters.rx_bytes += len(data)
         if result.kind == Kind.DATA:
@@ -195,17 +197,14 @@ class Client(Runtime):
     def answers(self):
         """(last authenticated packet, first send after it) in monotonic time, from both
         the Python side and the native loop."""
-        last_rx, unanswered = self.last_rx, self.unanswered_since
+        last_rx, pending = self.last_rx, [self.unanswered_since]
         if self.native is not None:
             stats = self.native.engine.peer_stats(0)
             if stats["last_rx"] and (last_rx is None or stats["last_rx"] > last_rx):
                 last_rx = stats["last_rx"]
-            if stats["first_unanswered"] and (unanswered is None
-                                              or stats["first_unanswered"] < unanswered):
-                unanswered = stats["first_unanswered"]
-        if unanswered is not None and last_rx is not None and unanswered <= last_rx:
-            unanswered = None
-        return last_rx, unanswered
+            pending.append(stats["first_unanswered"])
+        pending = [t for t in pending if t and (last_rx is None or t > last_rx)]
+        return last_rx, min(pending, default=None)
 
     def tick(self, mono: float) -> None:
         self.finish_resolve()

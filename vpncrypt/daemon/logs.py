@@ -48,17 +48,26 @@ class RateLimiter:
     table is reset, which at worst lets one extra line through per key.
     """
 
-    def __init__(self, interval: float = 10.0, max_keys: int = 1024):
+    def __init__(self, interval: float = 10.0, max_keys: int = 1024, rate: float = 20.0):
         self.interval = interval
         self.max_keys = max_keys
+        self.rate = rate  # lines per second over all keys: spoofed sources are endless
+        self._tokens = rate
+        self._refilled = None
         self._next = {}
         self._held = {}
 
     def allow(self, key, now: float):
-        """None to hold the line back, else how many lines were held back since the last one."""
-        if now < self._next.get(key, 0.0):
-            self._held[key] = self._held.get(key, 0) + 1
+        """None to hold the line back, else how many lines were held back since the last one.
+        `now` must be a monotonic clock."""
+        if self._refilled is not None:
+            self._tokens = min(self.rate, self._tokens + (now - self._refilled) * self.rate)
+        self._refilled = now
+        if now < self._next.get(key, 0.0) or self._tokens < 1:
+            if key in self._held or len(self._held) < self.max_keys:
+                self._held[key] = self._held.get(key, 0) + 1
             return None
+        self._tokens -= 1
         if len(self._next) >= self.max_keys:
             self._next.clear()
             self._held.clear()

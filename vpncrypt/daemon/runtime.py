@@ -91,6 +91,7 @@ class Runtime:
         self.control = None
         self.native = None  # fastpath.NativePath when DATA packets take the native loop
         self._saved_replay = {}
+        self._wall_offset = None  # wall clock minus monotonic clock, to notice steps
         self.mtu = None
         self.started = time.monotonic()
 
@@ -308,6 +309,24 @@ class Runtime:
             return
         self._saved_replay = state
 
+    def follow_clock_steps(self) -> None:
+        """If our wall clock stepped back further than the clock window plus staleness,
+        shift every replay window with it: senders that follow our time (time sync) would
+        otherwise be stale for the whole step. Smaller steps are left alone (a stall of at
+        most ~133 s): shifting them would let packets captured just before the step be
+        replayed, while after a larger step those fall outside the ±128 s window."""
+        offset = round(time.time() - time.monotonic())
+        previous, self._wall_offset = self._wall_offset, offset
+        if previous is None or offset - previous >= -(wire.CLOCK_WINDOW + wire.STALE_AFTER):
+            return
+        delta = offset - previous
+        for _, windows, index in self.replay_windows():
+            for w in windows:
+                w.shift(delta)
+            if index is not None:
+                self.native.engine.shift_window(index, delta)
+        log.warning(kv("clock-step", seconds=delta, action="replay windows moved with it"))
+
     def load_replay_state(self) -> None:
         try:
             with open(self.replay_path()) as f:
@@ -372,6 +391,7 @@ class Runtime:
                     self.dump_requested = False
                     self.dump_stats()
                 if time.monotonic() >= next_tick:
+                    self.follow_clock_steps()
                     self.tick(time.monotonic())
                     self.save_replay_state()
                     next_tick = time.monotonic() + TICK
@@ -418,7 +438,7 @@ class Runtime:
 
     def log_drop(self, reason: Drop, now: float, src=None, client=None, detail="") -> None:
         key = (reason, src[0] if src else None)
-        held = self.limiter.allow(key, now)
+        held = self.limiter.allow(key, time.monotonic())  # not `now`: wall clocks step
         if held is None:
             return
         fields = {"reason": reason.label}

@@ -39,6 +39,13 @@ class ReplayWindow:
         self.reset()
         self.newest = self.floor = floor
 
+    def shift(self, delta: int) -> None:
+        """The receiver's own clock stepped by `delta` seconds: move the window with it.
+        Only safe for steps beyond the clock window plus staleness (see the daemon)."""
+        if self.newest is not None:
+            self.newest += delta
+            self.floor += delta
+
     def check(self, timestamp: int, counter: int):
         """None if the packet may be fresh, else the Drop reason. Does not change state."""
         newest = self.newest

@@ -105,7 +105,8 @@ class Receiver:
         """Tell a wrong key or old packet from a wrong clock by trying neighbouring 256-s
         windows (rate-limited: each diagnosis costs up to ~100 opens)."""
         client_id = self.ctx.client_id
-        if now < self.next_probe:
+        # (A receiver clock that stepped back past the interval does not mute diagnoses.)
+        if now < self.next_probe and self.next_probe - now <= SKEW_PROBE_INTERVAL:
             return Dropped(reason, client_id)
         self.next_probe = now + SKEW_PROBE_INTERVAL
         for k in range(1, SKEW_PROBE_WINDOWS + 1):
@@ -237,8 +238,9 @@ class ServerCore:
     def _take_token(peer: _Peer, now: float) -> bool:
         # The token is taken before authentication (cheap checks first); a forged request
         # can therefore delay a real one by a few seconds but never cause an answer.
-        if peer.refilled is not None:
-            peer.tokens = min(TIME_BURST, peer.tokens + (now - peer.refilled) * TIME_RATE)
+        if peer.refilled is not None:  # max(0, ...): a clock stepping back refills nothing
+            elapsed = max(0.0, now - peer.refilled)
+            peer.tokens = min(TIME_BURST, peer.tokens + elapsed * TIME_RATE)
         peer.refilled = now
         if peer.tokens < 1:
             return False

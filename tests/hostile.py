@@ -1,0 +1,150 @@
+"""Helpers for the hostile-network tests (tests/test_hostile.py) and bench/flood.py.
+
+A flooding host joined to the server's namespace by its own veth, kernel counters of a
+namespace, a daemon's resident memory, packet captures, and the drop counters the
+daemon reports on SIGUSR1.
+"""
+
+import json
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+from netns import TESTS_DIR, link
+
+FLOOD_SERVER = "10.200.9.1"
+FLOOD_HOST = "10.200.9.2"
+
+
+class Flooder:
+    """A third host on its own link to the server (10.200.9.2 -> 10.200.9.1)."""
+
+    def __init__(self, make_host, server_host):
+        self.host = make_host()
+        self.server_if, self.if_name = link(server_host, self.host,
+                                            f"{FLOOD_SERVER}/24", f"{FLOOD_HOST}/24")
+        self.server_host = server_host
+        self._dump = None
+        self._dump_path = None
+
+    def start_capture(self, path: str) -> None:
+        """Capture every IPv4 packet the server's side sends towards the flooder."""
+        self._dump_path = path
+        self._dump = self.host.popen(
+            ["tcpdump", "-n", "-U", "-i", self.if_name, "-w", path, "ip", "and", "src", "host",
+             FLOOD_SERVER], stderr=subprocess.PIPE, text=True)
+        line = self._dump.stderr.readline()
+        assert "listening on" in line, line
+
+    def stop_capture(self) -> dict:
+        """Stop the capture; what it holds, by kind ({"udp": n, "icmp 11/1": n, ...})."""
+        time.sleep(0.3)
+        self._dump.send_signal(signal.SIGINT)
+        self._dump.wait(10)
+        return pcap_kinds(self._dump_path)
+
+    def flood(self, tmp_path, target: str, port: int, seconds: float, max_packets: int,
+              client_ids, unknown_ids=(999, 4242), replays=(), weights=None, seed: int = 7,
+              linger: float = 1.0, background: bool = False):
+        """Run flooder.py here; its JSON report (or the Popen, with background=True)."""
+        spec = {"target": target, "port": port, "seconds": seconds, "max_packets": max_packets,
+                "seed": seed, "client_ids": list(client_ids), "unknown_ids": list(unknown_ids),
+                "replays": [p.hex() for p in replays], "weights": weights or {},
+                "linger": linger}
+        spec_path = os.path.join(str(tmp_path), f"flood-{seed}.json")
+        with open(spec_path, "w") as f:
+            json.dump(spec, f)
+        proc = self.host.popen([sys.executable, os.path.join(TESTS_DIR, "flooder.py"), spec_path],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if background:
+            return proc
+        return flood_result(proc, seconds + linger + 60)
+
+
+def flood_result(proc, timeout: float) -> dict:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"flooder failed ({proc.returncode}):\n{out}\n{err}"
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# The kernel, not the daemon, sends this one: a datagram's fragments did not all arrive
+# within 30 s (the flood's large datagrams, when the backlog dropped some fragments).
+FRAGMENT_REASSEMBLY_TIMEOUT = "icmp 11/1"
+
+
+def pcap_kinds(path: str) -> dict:
+    """{"udp": n, "icmp TYPE/CODE": n, "ip proto N": n, "other": n} of an Ethernet pcap."""
+    with open(path, "rb") as f:
+        data = f.read()
+    kinds: dict = {}
+    if len(data) < 24:
+        return kinds
+    endian = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    offset = 24
+    while offset + 16 <= len(data):
+        incl_len = struct.unpack_from(endian + "I", data, offset + 8)[0]
+        frame = data[offset + 16: offset + 16 + incl_len]
+        offset += 16 + incl_len
+        if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+            kind = "other"
+        else:
+            ip = frame[14:]
+            ihl = (ip[0] & 0x0F) * 4
+            if ip[9] == 17:
+                kind = "udp"
+            elif ip[9] == 1 and len(ip) >= ihl + 2:
+                kind = f"icmp {ip[ihl]}/{ip[ihl + 1]}"
+            else:
+                kind = f"ip proto {ip[9]}"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
+def udp_snmp(host) -> dict:
+    """The namespace's `Udp:` counters from /proc/net/snmp (InDatagrams, RcvbufErrors, ...)."""
+    text = host.run(["cat", "/proc/net/snmp"]).stdout
+    rows = [ln.split()[1:] for ln in text.splitlines() if ln.startswith("Udp:")]
+    return {k: int(v) for k, v in zip(rows[0], rows[1])}
+
+
+def link_stats(host, ifname: str) -> dict:
+    [info] = host.ip_json("-s", "link", "show", "dev", ifname)
+    return {"rx_packets": info["stats64"]["rx"]["packets"],
+            "rx_dropped": info["stats64"]["rx"]["dropped"],
+            "tx_packets": info["stats64"]["tx"]["packets"]}
+
+
+def vmrss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.M).group(1))
+
+
+def drops(fields: dict) -> dict:
+    """{reason: count} from a stats or peer line's drop_<reason>=N fields."""
+    return {k[5:]: int(v) for k, v in fields.items() if k.startswith("drop_")}
+
+
+def delta(after: dict, before: dict) -> dict:
+    keys = set(after) | set(before)
+    return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(keys)
+            if after.get(k, 0) != before.get(k, 0)}
+
+
+def capture_client_packets(vpn, tmp_path, traffic, index: int = 0) -> list[bytes]:
+    """Run `traffic()` while capturing the server's underlay to client `index`; return the
+    client->server UDP payloads (genuine, sealed packets)."""
+    from pcap import udp_payloads
+
+    path = os.path.join(str(tmp_path), f"genuine{index}.pcap")
+    dump = vpn.server_host.popen(["tcpdump", "-n", "-U", "-i", vpn.links[index][0], "-w", path,
+                                  "udp port 51900"], stderr=subprocess.PIPE, text=True)
+    assert "listening on" in dump.stderr.readline()
+    traffic()
+    time.sleep(0.5)
+    dump.send_signal(signal.SIGINT)
+    dump.wait(10)
+    return [p[4] for p in udp_payloads(path) if p[3] == 51900]
