@@ -73,6 +73,14 @@ def _one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+_KEY_RUN = re.compile(r"[A-Za-z0-9+/]{43,}={0,2}")
+
+
+def _redact(text: str) -> str:
+    """Hide anything shaped like a base64 key (43+ characters of its alphabet)."""
+    return _KEY_RUN.sub("<not shown: looks like key material>", text)
+
+
 class ConfigError(Exception):
     """A problem with a configuration or key file; ``str(e)`` is exactly one line.
 
@@ -87,7 +95,7 @@ class ConfigError(Exception):
         if problem is None:
             self.path = self.line = self.section = self.key = None
             self.problem = str(path)
-            super().__init__(_one_line(self.problem))
+            super().__init__(_redact(_one_line(self.problem)))
             return
         self.path = os.fspath(path) if not isinstance(path, str) else path
         self.problem = problem
@@ -99,7 +107,7 @@ class ConfigError(Exception):
             where += f"[{section}] "
         if key is not None:
             where += f"{key}: "
-        super().__init__(_one_line(where + problem))
+        super().__init__(_redact(_one_line(where + problem)))
 
     def __str__(self) -> str:
         return self.args[0]
@@ -191,6 +199,8 @@ def load_key_file(path) -> bytes:
         raise ConfigError(path, "permission denied reading the key file") from None
     except OSError as e:
         raise ConfigError(path, f"cannot open the key file: {_strerror(e)}") from None
+    except ValueError:  # a NUL byte, or a character the file system encoding cannot hold
+        raise ConfigError(path, "is not a usable file name (NUL byte or invalid character)") from None
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
@@ -252,6 +262,8 @@ def load(path) -> ServerConfig | ClientConfig:
         raise ConfigError(path, "permission denied reading the configuration file") from None
     except OSError as e:
         raise ConfigError(path, f"cannot read the configuration file: {_strerror(e)}") from None
+    except ValueError:  # a NUL byte, or a character the file system encoding cannot hold
+        raise ConfigError(path, "is not a usable file name (NUL byte or invalid character)") from None
     if len(data) > MAX_CONFIG_SIZE:
         raise ConfigError(path, f"is too large for a configuration file (over {MAX_CONFIG_SIZE} bytes)")
     if data.startswith(b"\xef\xbb\xbf"):
@@ -264,8 +276,11 @@ def load(path) -> ServerConfig | ClientConfig:
         raise ConfigError(path, f"not valid UTF-8 text (byte 0x{bad})", line=line) from None
     config = parse(text, path)
     # A file holding keys inline is as secret as a key file: refuse it the same way.
-    if mode & 0o077 and _INLINE_KEY.search(text):
-        line = text[: _INLINE_KEY.search(text).start()].count("\n") + 1
+    # Search the text as parse() read it (any line ending, any whitespace configparser strips).
+    lines = text.replace("\r\n", "\n").replace("\r", "\n")
+    inline = _INLINE_KEY.search(lines)
+    if mode & 0o077 and inline:
+        line = lines[: inline.start()].count("\n") + 1
         raise ConfigError(
             path,
             f"permissions {stat.S_IMODE(mode):04o} are too open for a file that holds a key; "
@@ -275,7 +290,7 @@ def load(path) -> ServerConfig | ClientConfig:
     return config
 
 
-_INLINE_KEY = re.compile(r"^[ \t]*key[ \t]*=", re.MULTILINE | re.IGNORECASE)
+_INLINE_KEY = re.compile(r"^[^\S\n]*key[^\S\n]*=", re.MULTILINE | re.IGNORECASE)
 
 
 def parse(text: str, path="<string>") -> ServerConfig | ClientConfig:
@@ -522,6 +537,8 @@ class _Section:
             return default
         if not _INT.fullmatch(value):
             raise self.error(f"{_show(value)} is not a whole number", key)
+        if len(value.lstrip("0")) > 20:  # int() refuses > 4300 digits; out of range anyway
+            raise self.error(f"the number is out of range {low}-{high}", key)
         number = int(value)
         if not low <= number <= high:
             raise self.error(f"{number} is out of range {low}-{high}", key)
@@ -741,6 +758,8 @@ def _endpoint(s: _Section, key: str, *, listen: bool) -> tuple[str, int]:
         raise s.error(f"{_show(value)} has no port (e.g. {example})", key)
     if not _INT.fullmatch(port):
         raise s.error(f"port {_show(port)} is not a number", key)
+    if len(port.lstrip("0")) > 5:
+        raise s.error("port is out of range 1-65535", key)
     port_number = int(port)
     if not 1 <= port_number <= 65535:
         raise s.error(f"port {port_number} is out of range 1-65535", key)

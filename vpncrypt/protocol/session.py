@@ -7,6 +7,7 @@ puts everything cheap (size, type, known client id, timestamp, read-only replay
 check) before any crypto, and the replay window moves only after authentication.
 """
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -18,6 +19,16 @@ SKEW_PROBE_WINDOWS = 48  # +-48 * 256 s (about +-3.4 h) searched to diagnose clo
 SKEW_PROBE_INTERVAL = 10.0  # seconds between diagnoses per sender (each costs ~100 opens)
 TIME_BURST = 4  # time-sync answers a client may get at once ...
 TIME_RATE = 1.0  # ... refilled at this many per second
+_U64_MAX = (1 << 64) - 1
+
+
+def _timestamp(low8: int, now: float):
+    """The full timestamp for the header's low byte (docs/PROTOCOL.md §6), or None when it
+    cannot authenticate: outside [0, 2**64) or `now` not a number."""
+    if not math.isfinite(now):
+        return None
+    timestamp = wire.full_timestamp(low8, int(now))
+    return timestamp if 0 <= timestamp <= _U64_MAX else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +90,8 @@ class Receiver:
             if body is None:
                 return Dropped(Drop.AUTH, client_id)
             return Opened(client_id, Kind(ptype & ~FROM_SERVER), body)
-        timestamp = wire.full_timestamp(low8, int(now))
-        if timestamp < 0:  # a receiver clock near 1970 (no RTC, not yet synced)
+        timestamp = _timestamp(low8, now)
+        if timestamp is None:  # a receiver clock near 1970 (no RTC, not yet synced), or absurd
             return Dropped(Drop.AUTH, client_id)
         reason = self.window.check(timestamp, counter)
         if reason is Drop.STALE:
@@ -96,8 +107,10 @@ class Receiver:
 
     def diagnose(self, packet, now: float, reason: Drop):
         """The diagnosis alone, for a packet another path (the native loop) refused."""
-        timestamp = wire.full_timestamp(packet[3], int(now))
-        if timestamp < 0 or len(packet) < wire.MIN_PACKET:
+        if len(packet) < wire.MIN_PACKET:
+            return Dropped(reason, self.ctx.client_id)
+        timestamp = _timestamp(packet[3], now)
+        if timestamp is None:
             return Dropped(reason, self.ctx.client_id)
         return self._diagnose(packet, timestamp, now, reason)
 
@@ -111,7 +124,7 @@ class Receiver:
         self.next_probe = now + SKEW_PROBE_INTERVAL
         for k in range(1, SKEW_PROBE_WINDOWS + 1):
             for shift in (256 * k, -256 * k):
-                if timestamp + shift < 0:
+                if not 0 <= timestamp + shift <= _U64_MAX:
                     continue
                 if self.ctx.open(packet, timestamp + shift) is not None:
                     return Dropped(

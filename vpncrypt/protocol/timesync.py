@@ -8,6 +8,7 @@ keeps no state for it, and a response is exactly as large as its request (no
 amplification). The client keeps only the one outstanding nonce.
 """
 
+import math
 import struct
 
 NONCE_LEN = 16
@@ -15,10 +16,20 @@ BODY_LEN = NONCE_LEN + 8  # request and response bodies have the same size
 MAX_RTT = 10.0  # seconds; a slower answer is too imprecise (and likely a replay)
 
 _BODY = struct.Struct(">16sq")
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _micros(now: float) -> int:
+    """`now` in microseconds, clamped to the body's int64 (a clock beyond ~year 294000 or
+    not a number gives a useless but harmless answer instead of an exception)."""
+    us = now * 1_000_000
+    if not math.isfinite(us):
+        return 0 if math.isnan(us) else (_I64_MAX if us > 0 else _I64_MIN)
+    return max(_I64_MIN, min(_I64_MAX, int(us)))
 
 
 def request_body(nonce: bytes, now: float) -> bytes:
-    return _BODY.pack(nonce, int(now * 1_000_000))
+    return _BODY.pack(nonce, _micros(now))
 
 
 def response_body(request: bytes, now: float):
@@ -26,7 +37,7 @@ def response_body(request: bytes, now: float):
     if len(request) != BODY_LEN:
         return None
     nonce, _ = _BODY.unpack(request)
-    return _BODY.pack(nonce, int(now * 1_000_000))
+    return _BODY.pack(nonce, _micros(now))
 
 
 class ClockSync:

@@ -1,0 +1,1 @@
+"""Fuzzing harness for vpncrypt (see fuzz/README.md). Not part of the installed package."""
