@@ -123,15 +123,6 @@ class Client(Runtime):
                 continue
             self.send_sealed(Kind.DATA, packet, time.monotonic())
 
-    def on_udp(self) -> None:
-        sock = self.sock
-        for _ in range(BATCH):
-            try:
-                data, addr = sock.recvfrom(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            self.handle_datagram(data, addr)
-
     def handle_datagram(self, data, addr) -> None:
         result = self.session.open(data, self.now())
         if type(result) is not Opened:

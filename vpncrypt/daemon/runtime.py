@@ -516,6 +516,16 @@ class Runtime:
         raise NotImplementedError
 
     def on_udp(self) -> None:
+        """The Python loop's UDP side: every datagram through handle_datagram."""
+        sock = self.sock
+        for _ in range(BATCH):
+            try:
+                data, addr = sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            self.handle_datagram(data, addr)
+
+    def handle_datagram(self, data, addr) -> None:
         raise NotImplementedError
 
     def tick(self, monotonic_now: float) -> None:

@@ -97,19 +97,11 @@ class Server(Runtime):
 
     # -- UDP -> TUN ---------------------------------------------------------------------------
 
-    def on_udp(self) -> None:
-        sock = self.sock
-        for _ in range(BATCH):
-            try:
-                data, addr = sock.recvfrom(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            self.handle_datagram(data, addr, time.time())
-
-    def handle_datagram(self, data, addr, now: float) -> None:
+    def handle_datagram(self, data, addr, now: float | None = None) -> None:
         """One datagram through the sans-IO core (all of them in the Python loop; only
         keepalives and time sync with the native loop)."""
         core, peers = self.core, self.peers
+        now = time.time() if now is None else now
         result = core.open(data, now)
         if type(result) is Opened:
             peer = peers[result.client_id]
