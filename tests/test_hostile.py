@@ -281,9 +281,13 @@ def test_clock_step_mid_transfer_recovers(netns_factory, tmp_path, side, step):
 
     # The diagnosis: the server says the client's packets are clock-skewed (the client's
     # clock is off, or the server's is), and the client re-synced by about the step.
+    # (After a step of the client's own clock, the client may notice the server's packets
+    # failing and re-sync before any of its skewed packets reaches the server: then the
+    # server has nothing to diagnose, which is the better outcome.)
     server_log = vpn.server.text()[since[vpn.server]:]
-    assert re.search(r"drop reason=clock-skew client=c1 .*sender clock off by about "
-                     r"[+-]\d+ s", server_log), server_log[-3000:]
+    skew = re.search(r"drop reason=clock-skew client=c1 .*sender clock off by about "
+                     r"[+-]\d+ s", server_log)
+    assert skew or (side == "client" and "client=c1" not in server_log), server_log[-3000:]
     client_log = vpn.clients[0].text()[since[vpn.clients[0]]:]
     sync = re.findall(r"clock-sync correction=([-+][\d.]+)s", client_log)
     want = -step if side == "client" else step
