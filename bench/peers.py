@@ -128,15 +128,23 @@ def proc_ticks(path: str) -> int | None:
 
 
 def thread_ticks(pid: int) -> dict[int, int]:
+    return {tid: u + s for tid, (u, s) in thread_split(pid).items()}
+
+
+def thread_split(pid: int) -> dict[int, tuple[int, int]]:
+    """tid -> (utime, stime) in clock ticks, for each thread of pid."""
     out = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return out
     for tid in tids:
-        t = proc_ticks(f"/proc/{pid}/task/{tid}/stat")
-        if t is not None:
-            out[int(tid)] = t
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[int(tid)] = (int(fields[11]), int(fields[12]))
+        except (OSError, IndexError, ValueError):
+            continue
     return out
 
 
@@ -816,7 +824,7 @@ class Bench:
         argv = ["taskset", "-c", CORE_B, "iperf3", "-c", target, "-p", str(IPERF_PORT),
                 "-t", str(secs), "-J", "--connect-timeout", "5000", *TEST_ARGS[test]]
         before_p = {s: proc_ticks(f"/proc/{p}/stat") for s, p in pids.items()}
-        before_t = {s: thread_ticks(p) for s, p in pids.items()}
+        before_t = {s: thread_split(p) for s, p in pids.items()}
         before_c = cpu_times()
         before_all = all_ticks()
         t0 = time.monotonic()
@@ -830,7 +838,7 @@ class Bench:
         after_all = all_ticks()
         ours = set(self.a.pids()) | set(self.b.pids()) | {os.getpid()}
         after_p = {s: proc_ticks(f"/proc/{p}/stat") for s, p in pids.items()}
-        after_t = {s: thread_ticks(p) for s, p in pids.items()}
+        after_t = {s: thread_split(p) for s, p in pids.items()}
         res: dict = {"test": test, "wall_s": round(wall, 2), "cpu": cpu_busy(before_c, after_c),
                      **foreign_cpu(before_all, after_all, ours, wall)}
         try:
@@ -870,14 +878,20 @@ class Bench:
                                      for s, v in cpu_s.items()}
             total = sum(v for v in cpu_s.values() if v is not None)
             res["mbit_per_cpu_s"] = round(res["mbit"] / total, 1) if total > 0 else None
-            threads = {}
+            threads, threads_sys = {}, {}
             for side in pids:
-                deltas = {tid: (after_t[side][tid] - before_t[side].get(tid, 0)) / CLK_TCK
-                          for tid in after_t[side]}
+                b = before_t[side]
+                deltas = {tid: (sum(ut) - sum(b.get(tid, (0, 0)))) / CLK_TCK
+                          for tid, ut in after_t[side].items()}
+                sys_d = {tid: (ut[1] - b.get(tid, (0, 0))[1]) / CLK_TCK
+                         for tid, ut in after_t[side].items()}
                 threads[side] = {str(tid): round(100 * d / wall, 1)
                                  for tid, d in sorted(deltas.items(), key=lambda kv: -kv[1])
                                  if d > 0}
-            res["thread_cpu_pct"] = threads
+                threads_sys[side] = {str(tid): round(100 * sys_d[tid] / wall, 1)
+                                     for tid in deltas if deltas[tid] > 0}
+            res["thread_cpu_pct"] = threads  # utime+stime, % of one core
+            res["thread_sys_pct"] = threads_sys  # stime alone (in the kernel)
         # user+system time of both CPUs not explained by the daemons, iperf3 and kernel
         # threads (% of one core). About -30..-10 on a quiet machine (per-process times
         # include some softirq work that /proc/stat counts apart), higher when other
@@ -889,8 +903,10 @@ class Bench:
         return res
 
     def new_record(self, system: System) -> dict:
-        return {"key": system.key, "label": system.label, "version": system.version(),
-                "runs": [], "rounds": [], "notes": []}
+        rec = {"key": system.key, "label": system.label, "version": system.version(),
+               "runs": [], "rounds": [], "notes": []}
+        rec["medians"] = medians(rec)
+        return rec
 
     def run_round(self, system: System, rec: dict, run: int) -> None:
         """Start `system`, run each test once (run number `run`), stop it. A set-up failure
@@ -931,7 +947,8 @@ class Bench:
             rec["tunnel_mtu"] = rnd["tunnel_mtu"]
             self.start_iperf_server()
             self.wait_quiet()
-            results = {}
+            results: dict = {}
+            rec["runs"].append(results)  # filled as the tests finish (partial on Ctrl-C)
             for test in TESTS_ORDER:
                 for attempt in range(self.args.retries + 1):
                     res = self.iperf(system.target(), test, pids)
@@ -944,10 +961,12 @@ class Bench:
                         f"{res['foreign_pct']}% of a core {res['foreign_top']}: again")
                     self.wait_quiet()
                 if roles and "thread_cpu_pct" in res:
-                    res["role_cpu_pct"] = {
-                        side: {roles[side].get(int(tid), f"thread-{tid}"): v
-                               for tid, v in threads.items()}
-                        for side, threads in res["thread_cpu_pct"].items()}
+                    for src, dst in (("thread_cpu_pct", "role_cpu_pct"),
+                                     ("thread_sys_pct", "role_sys_pct")):
+                        res[dst] = {
+                            side: {roles[side].get(int(tid), f"thread-{tid}"): v
+                                   for tid, v in threads.items()}
+                            for side, threads in res[src].items()}
                 if "error" in res:
                     log(f"   {system.key} run {run + 1} {test}: ERROR {res['error']}")
                     self.start_iperf_server()  # a failed run may leave it wedged
@@ -961,7 +980,6 @@ class Bench:
                         f"{res['foreign_pct']}% {res['foreign_top']}")
                 results[test] = res
                 time.sleep(1)
-            rec["runs"].append(results)
             if pids:
                 rnd["status"] = {s: proc_status(p) for s, p in pids.items()}
                 peak = rec.setdefault("peak_rss_mb", {})
@@ -971,7 +989,7 @@ class Bench:
                 if gone:
                     rec["notes"].append(f"run {run + 1}: daemon gone after the tests: {gone}")
         except (SetupError, subprocess.SubprocessError, OSError) as e:
-            if rec["runs"]:  # an earlier round worked: keep it, say what happened
+            if any(rec["runs"]):  # an earlier round worked: keep it, say what happened
                 rec["notes"].append(f"run {run + 1} failed: {str(e).splitlines()[0]}")
             else:
                 rec["error"] = str(e)
@@ -985,7 +1003,7 @@ class Bench:
             system.stop()
             kill_leftovers(self.a)
             kill_leftovers(self.b)
-        rec["medians"] = medians(rec)
+            rec["medians"] = medians(rec)
 
 
 # -- results --------------------------------------------------------------------------------
@@ -1040,7 +1058,8 @@ def medians(rec: dict) -> dict:
     out["mbit_per_cpu_s"] = round(med(per_run), 1) if per_run else None
     # Per-thread CPU (vpncrypt): median % per role and test.
     if any("thread_roles" in r for r in rec.get("rounds", [])):
-        thr = {}
+        thr: dict = {}
+        sys_: dict = {}
         for test in TESTS_ORDER:
             rs = [r[test] for r in runs if test in r and "role_cpu_pct" in r[test]]
             for side in ("server", "client"):
@@ -1048,7 +1067,10 @@ def medians(rec: dict) -> dict:
                 for role in names:
                     v = med(r["role_cpu_pct"].get(side, {}).get(role, 0.0) for r in rs)
                     thr.setdefault(test, {}).setdefault(side, {})[role] = v
+                    v = med(r.get("role_sys_pct", {}).get(side, {}).get(role, 0.0) for r in rs)
+                    sys_.setdefault(test, {}).setdefault(side, {})[role] = v
         out["threads"] = thr
+        out["threads_sys"] = sys_
     return out
 
 
@@ -1111,6 +1133,8 @@ def report(meta: dict, records: list[dict], rat: dict) -> str:
     L.append(f"- kernel {m['kernel']}; CPU {m['cpu']}; host {m['host']}; load average at start "
              f"{' '.join(m['loadavg_at_start'])}")
     L.append(f"- {m['iperf3']}; {m['openssl']}")
+    if meta.get("interrupted"):
+        L.append(f"- **interrupted ({meta['interrupted']}): partial results**")
     L.append(f"- iperf3 -t {meta['args']['seconds']}, {meta['args']['runs']} runs per test, "
              "medians; side A (server, iperf3 -s) on CPU 0, side B (client, iperf3 -c) on CPU 1")
     L.append("- versions:")
@@ -1130,8 +1154,9 @@ def report(meta: dict, records: list[dict], rat: dict) -> str:
         rss = r.get("peak_rss_mb")
         rss_s = f"{rss['server']} / {rss['client']}" if rss else "-"
         mtu = r.get("tunnel_mtu", {})
-        mtu_s = str(mtu.get("server")) if mtu.get("server") == mtu.get("client") \
-            else f"{mtu.get('server')}/{mtu.get('client')}"
+        mtu_s = ("-" if not mtu else str(mtu.get("server"))
+                 if mtu.get("server") == mtu.get("client")
+                 else f"{mtu.get('server')}/{mtu.get('client')}")
         L.append(f"| {r['label']} | {mtu_s} | {fmt(md['tcp_fwd'])} | {fmt(md['tcp_rev'])} | "
                  f"{fmt(md['tcp_p4'])} | {fmt(md['udp64'], 1000, 1)} | {rss_s} | "
                  f"{fmt(md['mbit_per_cpu_s'])} |")
@@ -1191,14 +1216,21 @@ def report(meta: dict, records: list[dict], rat: dict) -> str:
         thr = r.get("medians", {}).get("threads")
         if not thr:
             continue
-        L.append(f"{r['label']}: per-thread CPU % of one core (medians), server | client:\n")
+        L.append(f"{r['label']}: per-thread CPU % of one core (medians; in brackets the "
+                 "part spent in the kernel), server | client:\n")
         roles = sorted({role for t in thr.values() for s in t.values() for role in s})
         L.append("| test | " + " | ".join(f"server {x}" for x in roles) + " | "
                  + " | ".join(f"client {x}" for x in roles) + " |")
         L.append("|---|" + "---:|" * (2 * len(roles)))
+        tsys = r["medians"].get("threads_sys", {})
         for test, sides in thr.items():
-            cells = [fmt(sides.get(side, {}).get(role)) for side in ("server", "client")
-                     for role in roles]
+            cells = []
+            for side in ("server", "client"):
+                for role in roles:
+                    v = sides.get(side, {}).get(role)
+                    k = tsys.get(test, {}).get(side, {}).get(role)
+                    cells.append("-" if v is None else
+                                 f"{fmt(v)} ({fmt(k)})" if k is not None and v >= 1 else fmt(v))
             L.append(f"| {test} | " + " | ".join(cells) + " |")
         L.append("")
     for r in records:
@@ -1249,7 +1281,7 @@ def plot(records: list[dict], path: Path) -> str | None:
     ax.set_ylabel("Mbit per daemon CPU-second")
     ax.set_title("Efficiency (TCP fwd+rev)")
     nov = next((r for r in ok if r["key"] == "novpn"), None)
-    if nov:
+    if nov and nov["medians"].get("tcp_fwd"):
         fig.suptitle(f"no VPN (veth): TCP fwd {nov['medians']['tcp_fwd']:.0f} Mbit/s, "
                      f"UDP-64 {(nov['medians']['udp64'] or 0) / 1000:.0f} kpps (not shown)")
     fig.tight_layout()
@@ -1306,6 +1338,7 @@ def main(argv=None) -> int:
 
     bench = Bench(args)
     records = []
+    interrupted = None
     meta = {"machine": machine_info(), "args": vars(args)}
     try:
         bench.warm_bytecode()
@@ -1328,8 +1361,13 @@ def main(argv=None) -> int:
             for system, rec in active:
                 if "error" not in rec:
                     bench.run_round(system, rec, run)
+    except KeyboardInterrupt as e:
+        interrupted = str(e) or "Ctrl-C"
+        log(f"interrupted ({interrupted}): cleaning up, then the results so far")
     finally:
         bench.close()
+    if interrupted:
+        meta["interrupted"] = interrupted
     rat = ratios(records)
     OUT.mkdir(exist_ok=True)
     doc = {"meta": meta, "systems": records, "ratios": rat}
@@ -1340,6 +1378,9 @@ def main(argv=None) -> int:
     note = plot(records, OUT / "peers.png") if records else None
     print(f"\nwrote {args.json}" + ("" if note else f" and {OUT / 'peers.png'}")
           + (f" ({note})" if note else ""))
+    if interrupted:
+        print(f"\nINTERRUPTED ({interrupted}): partial results")
+        return 130
     return 0 if all("error" not in r for r in records) else 1
 
 
