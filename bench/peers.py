@@ -8,7 +8,7 @@ Two network namespaces, A (server side) and B (client side), joined by one veth 
   vpncrypt         vpncryptd, native packet loop (the default)
   vpncrypt-python  vpncryptd with VPNCRYPT_LOOP=python (same native crypto, Python loop)
   fastd-salsa2012  fastd, method salsa2012+umac
-  fastd-aes128-gcm fastd, method aes128-gcm (skipped with a note if fastd refuses it)
+  fastd-aes128-gcm fastd, method aes128-gcm (reported as failed if fastd refuses it)
   openvpn          OpenVPN 2.6, UDP, AES-256-GCM, TLS in p2p mode (tls-server/tls-client,
                    self-signed certificates checked by peer-fingerprint), DCO disabled
   wireguard-go     wireguard-go (userspace) configured by `wg`, tunnel MTU 1420
@@ -30,11 +30,13 @@ Tests, driven from B towards A's tunnel address (iperf3 -J, each with a timeout)
 Each test runs --runs times (default 2) per system, in rounds: every system is started,
 measured once (all four tests) and stopped, then the next; round 2 starts them all again,
 and so on, so that drifts in the machine's load hit all systems alike. Tables show
-MEDIANS over the rounds, and the JSON has every run. Around each run the script reads utime+stime of both daemons (and of each
-of their threads) from /proc/PID[/task/TID]/stat, and /proc/stat per CPU, so it can say
-how busy each daemon, thread and core was. The daemons' pids are the processes found in
-the namespaces (`ip netns pids`) with the expected executable, not the `ip netns exec`
-wrappers. Peak RSS is VmHWM from /proc/PID/status after the last run.
+MEDIANS over the rounds, and the JSON has every run. Around each run the script reads
+utime+stime of both daemons (and of each of their threads, with the kernel part) from
+/proc/PID[/task/TID]/stat, and /proc/stat per CPU, so it can say how busy each daemon,
+thread and core was; iperf3's own CPU figures come from its JSON. The daemons' pids are
+the processes found in the namespaces (`ip netns pids`) with the expected executable, not
+the `ip netns exec` wrappers. Peak RSS is VmHWM from /proc/PID/status after each round's
+tests (the largest over the rounds).
 
 Other work on the machine: around each run the script also sums the CPU time that
 processes outside the benchmark (not in its namespaces, not its children) used; a run in
@@ -49,8 +51,8 @@ vpncryptd runs from this checkout with the dev venv's Python; its byte code is c
 a warmed PYTHONPYCACHEPREFIX (as an installed package would have it), so start-up and
 peak RSS do not include compiling the sources.
 
-Output: Markdown on stdout, bench/out/peers.json, and bench/out/peers.png when matplotlib
-can be imported (also from bench/out/.pylib, e.g. after
+Output: Markdown on stdout, bench/out/peers.json (--json), and next to it peers.png when
+matplotlib can be imported (also from bench/out/.pylib, e.g. after
 `.venv/bin/pip install --target bench/out/.pylib matplotlib`).
 
     sudo .venv/bin/python bench/peers.py [--runs 2] [--seconds 10]
@@ -1375,8 +1377,9 @@ def main(argv=None) -> int:
         json.dump(doc, f, indent=1)
     text = report(meta, records, rat)
     print(text)
-    note = plot(records, OUT / "peers.png") if records else None
-    print(f"\nwrote {args.json}" + ("" if note else f" and {OUT / 'peers.png'}")
+    png = Path(args.json).with_suffix(".png")
+    note = plot(records, png) if records else "nothing to plot"
+    print(f"\nwrote {args.json}" + ("" if note else f" and {png}")
           + (f" ({note})" if note else ""))
     if interrupted:
         print(f"\nINTERRUPTED ({interrupted}): partial results")
