@@ -136,7 +136,9 @@ def test_garbage_flood_legit_transfer_survives(netns_factory, tmp_path):
                f"{snmp.get('RcvbufErrors', 0)}; drops {got}; transfer {size >> 20} MB in "
                f"{transfer_seconds:.1f} s; rss {rss_before}->{rss_after} kB")
     print(summary)
-    assert 0.5 < frac <= 1.0, summary
+    # The legit client's time-sync requests and keepalives are read too but are not in its
+    # rx_packets, hence the small slack above the flood's own count.
+    assert report["sent"] * 0.5 < flood_in <= report["sent"] + 300, summary
 
     def near(value, want, rel=0.08, slack=300):
         return abs(value - want) <= rel * want + slack
