@@ -475,7 +475,8 @@ class Vpncrypt(System):
     exe = "python3"
     ifname = "vpn0"
     loop_env: str | None = None
-    expect_log = r"native loop"
+    extra_conf = ""
+    expect_log = r"native loop \(offloads: csum, tso4, tso6, udp-gso, udp-gro\)"
 
     def available(self) -> str | None:
         return None if os.path.exists(PYTHON) else f"{PYTHON} missing"
@@ -494,11 +495,12 @@ class Vpncrypt(System):
             f"[server]\nlisten = {UNDERLAY_A}:51900\ninterface = {self.ifname}\n"
             f"address = {self.tun_a}/24\nserver_id = 7\n"
             f"state_dir = {os.path.join(self.dir, 'server-state')}\n\n"
+            f"{self.extra_conf}\n"
             f"[client c1]\nid = 1\nkey = {key}\nallowed_ips = {self.tun_b}/32\n"))
         client = self.write("client.conf", (
             f"[client]\nid = 1\nserver = {UNDERLAY_A}:51900\nserver_id = 7\nkey = {key}\n"
             f"interface = {self.ifname}\naddress = {self.tun_b}/24\nkeepalive = 25\n"
-            f"state_dir = {os.path.join(self.dir, 'client-state')}\n"))
+            f"state_dir = {os.path.join(self.dir, 'client-state')}\n{self.extra_conf}"))
         env = dict(self.ctx.py_env)
         env.pop("VPNCRYPT_LOOP", None)
         if self.loop_env:
@@ -520,6 +522,13 @@ class Vpncrypt(System):
 
     def daemon_filter(self, pid: int) -> bool:
         return "vpncrypt.cli.vpncryptd" in proc_cmdline(pid)
+
+
+class VpncryptNoOffload(Vpncrypt):
+    key = "vpncrypt-nooffload"
+    label = "vpncrypt (native loop, offload = no)"
+    extra_conf = "offload = no\n"
+    expect_log = r"native loop \(offloads: none\)"
 
 
 class VpncryptPython(Vpncrypt):
@@ -718,7 +727,7 @@ class Tinc(System):
             self.configure_link(host, self.ifname, f"{cidr}/24", 1420)
 
 
-SYSTEMS = [NoVPN, Vpncrypt, VpncryptPython, FastdSalsa, FastdGCM, OpenVPN, WireguardGo, Tinc]
+SYSTEMS = [NoVPN, Vpncrypt, VpncryptNoOffload, VpncryptPython, FastdSalsa, FastdGCM, OpenVPN, WireguardGo, Tinc]
 
 
 # -- the bench ------------------------------------------------------------------------------

@@ -400,7 +400,7 @@ cdef class SivContext:
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp
-from libc.errno cimport errno, EAGAIN, EINTR
+from libc.errno cimport errno, EAGAIN, EINTR, EIO, EINVAL
 from posix.unistd cimport read, write
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME, CLOCK_MONOTONIC
 
@@ -436,9 +436,20 @@ cdef extern from "<sys/socket.h>" nogil:
     struct mmsghdr:
         msghdr msg_hdr
         unsigned int msg_len
+    struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+    cmsghdr *CMSG_FIRSTHDR(msghdr *m)
+    cmsghdr *CMSG_NXTHDR(msghdr *m, cmsghdr *c)
+    unsigned char *CMSG_DATA(cmsghdr *c)
+    size_t CMSG_SPACE(size_t n)
+    size_t CMSG_LEN(size_t n)
     int recvmmsg(int fd, mmsghdr *vec, unsigned int vlen, int flags, void *timeout)
     int sendmmsg(int fd, mmsghdr *vec, unsigned int vlen, int flags)
     ssize_t send(int fd, const void *buf, size_t n, int flags)
+    ssize_t sendto(int fd, const void *buf, size_t n, int flags, const void *addr,
+                   socklen_t alen)
     int MSG_DONTWAIT
     int MSG_TRUNC
     int AF_INET
@@ -465,6 +476,24 @@ cdef extern from "<netinet/in.h>" nogil:
 cdef extern from "<arpa/inet.h>" nogil:
     int inet_pton(int af, const char *src, void *dst)
     const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
+
+cdef extern from *:
+    """
+    #include <netinet/in.h>
+    /* Linux UDP offloads (<linux/udp.h>); the numbers are only used where probed. */
+    #ifndef SOL_UDP
+    #define SOL_UDP 17
+    #endif
+    #ifndef UDP_SEGMENT
+    #define UDP_SEGMENT 103
+    #endif
+    #ifndef UDP_GRO
+    #define UDP_GRO 104
+    #endif
+    """
+    int SOL_UDP
+    int UDP_SEGMENT
+    int UDP_GRO
 
 cdef extern from *:
     """
@@ -503,6 +532,19 @@ DEF N_REASONS = 16
 DEF BATCH = 32
 DEF CTL_RATE = 50.0   # keepalives/time-sync packets per second and client handed to Python
 DEF SLOT = 65536
+DEF HEADROOM = 16     # room in front of a packet for the TUN's frame prefix
+# Offloads (Engine's `offload` flags), Linux only, each probed by the Python side.
+DEF OFF_VNET = 1      # the TUN speaks virtio_net_hdr: TSO super-packets in, checksums to finish
+DEF OFF_GSO = 2       # UDP_SEGMENT: one send carries many equal-size datagrams
+DEF OFF_GRO = 4       # UDP_GRO: one receive returns many datagrams of one sender
+DEF VNET_LEN = 10     # sizeof(struct virtio_net_hdr)
+DEF VNET_F_NEEDS_CSUM = 1
+DEF VNET_GSO_TCPV4 = 1
+DEF VNET_GSO_TCPV6 = 4
+DEF GSO_MAX_SEGS = 64     # the kernel's UDP_MAX_SEGMENTS
+DEF GSO_MAX_BYTES = 65487 # largest UDP payload over IPv6 (65507 over IPv4)
+DEF TX_BYTES = 262144     # a send batch flushes past this: bounds the buffer memory touched
+DEF RX_GRO_MSGS = 16      # receive slots per call when each may hold 64 KB of datagrams
 # Event kinds sent to the Python side.
 DEF EV_PACKET = 1      # a non-DATA packet for the sans-IO core to decide
 DEF EV_ENDPOINT = 2    # a client's endpoint changed (authenticated DATA from a new address)
@@ -730,6 +772,88 @@ cdef inline int inner_destination(const uint8_t *p, Py_ssize_t n, uint8_t *addr)
     return 0
 
 
+# ---- TCP segmentation offload helpers (TUN with IFF_VNET_HDR) --------------------------------
+
+cdef struct VnetHdr:           # struct virtio_net_hdr, host byte order
+    uint8_t flags
+    uint8_t gso_type
+    uint16_t hdr_len
+    uint16_t gso_size
+    uint16_t csum_start
+    uint16_t csum_offset
+
+
+cdef inline uint64_t csum_add(uint64_t sum, const uint8_t *p, Py_ssize_t n) noexcept nogil:
+    """Add bytes to a one's complement sum kept in host order (RFC 1071: the order of the
+    words does not matter, so the result stored back in host order is right)."""
+    cdef uint32_t w
+    cdef uint16_t h
+    cdef uint8_t tail[2]
+    while n >= 4:
+        memcpy(&w, p, 4)
+        sum += w
+        p += 4
+        n -= 4
+    if n >= 2:
+        memcpy(&h, p, 2)
+        sum += h
+        p += 2
+        n -= 2
+    if n:
+        tail[0], tail[1] = p[0], 0
+        memcpy(&h, tail, 2)
+        sum += h
+    return sum
+
+
+cdef inline void csum_store(uint8_t *field, uint64_t sum) noexcept nogil:
+    cdef uint16_t r
+    while sum >> 16:
+        sum = (sum & 0xFFFF) + (sum >> 16)
+    r = <uint16_t>~sum
+    memcpy(field, &r, 2)
+
+
+cdef inline int finish_csum(uint8_t *pkt, Py_ssize_t n, const VnetHdr *vh) noexcept nogil:
+    """Complete a partial checksum (the field holds the pseudo-header sum): 0 if out of range."""
+    if <Py_ssize_t>vh.csum_start + vh.csum_offset + 2 > n:
+        return 0
+    csum_store(pkt + vh.csum_start + vh.csum_offset,
+               csum_add(0, pkt + vh.csum_start, n - vh.csum_start))
+    return 1
+
+
+cdef inline void tcp_csum(uint8_t *seg, int version, int l3, Py_ssize_t n) noexcept nogil:
+    """Full TCP checksum of a segment whose IP header is l3 bytes."""
+    cdef uint8_t pseudo[40]
+    cdef uint64_t sum
+    cdef uint8_t *tcp = seg + l3
+    tcp[16] = tcp[17] = 0
+    if version == 4:
+        memcpy(pseudo, seg + 12, 8)
+        pseudo[8], pseudo[9] = 0, 6
+        put16(pseudo + 10, <uint32_t>(n - l3))
+        sum = csum_add(0, pseudo, 12)
+    else:
+        memcpy(pseudo, seg + 8, 32)
+        put32(pseudo + 32, <uint32_t>(n - l3))
+        pseudo[36] = pseudo[37] = pseudo[38] = 0
+        pseudo[39] = 6
+        sum = csum_add(0, pseudo, 40)
+    csum_store(tcp + 16, csum_add(sum, tcp, n - l3))
+
+
+def _checksum_selftest(bytes packet, int version, int l3):
+    """Test hook: the packet with its TCP (and IPv4 header) checksums recomputed."""
+    out = bytearray(packet)
+    cdef uint8_t *seg = out
+    if version == 4:
+        seg[10] = seg[11] = 0
+        csum_store(seg + 10, csum_add(0, seg, l3))
+    tcp_csum(seg, version, l3, len(out))
+    return bytes(out)
+
+
 def _address(raw):
     """(host, port) of a raw sockaddr (bytes), for the Python side."""
     cdef const uint8_t *p = raw
@@ -747,6 +871,21 @@ def _address(raw):
     return None
 
 
+# One send batch of the TUN -> UDP loop: a slot per message, each one datagram or, with
+# UDP GSO, many equal-size datagrams to one peer.
+cdef struct Tx:
+    int count
+    size_t used                     # bytes in the batch
+    uint8_t *bufs                   # BATCH * SLOT
+    mmsghdr msgs[BATCH]
+    iovec iovs[BATCH]
+    sockaddr_storage dests[BATCH]
+    Peer *owners[BATCH]
+    uint16_t nseg[BATCH]            # datagrams in the message
+    uint16_t segsize[BATCH]         # their size (the last may be shorter)
+    uint64_t ctrl[BATCH * 4]        # a UDP_SEGMENT control message per slot
+
+
 cdef class Engine:
     """The native data path for one daemon: both loops, the peer table and the routes.
 
@@ -757,6 +896,7 @@ cdef class Engine:
 
     cdef readonly bint server
     cdef int tun_fd, sock_fd, event_fd, stop_r, stop_w, frame_prefix
+    cdef readonly int offload         # OFF_* flags in use (OFF_GSO drops out if sends fail)
     cdef int sock_family
     cdef uint32_t server_id
     cdef Peer **peers
@@ -780,8 +920,12 @@ cdef class Engine:
         self.routes.slots = NULL
 
     def __init__(self, bint server, int tun_fd, int sock_fd, int sock_family, int event_fd,
-                 int stop_r, int frame_prefix=0, uint32_t server_id=0):
+                 int stop_r, int frame_prefix=0, uint32_t server_id=0, int offload=0):
+        if frame_prefix < 0 or frame_prefix > HEADROOM or (
+                offload & OFF_VNET and frame_prefix != VNET_LEN):
+            raise ValueError("bad frame prefix")
         self.server = server
+        self.offload = offload
         self.tun_fd, self.sock_fd, self.sock_family = tun_fd, sock_fd, sock_family
         self.event_fd, self.stop_r = event_fd, stop_r
         self.frame_prefix, self.server_id = frame_prefix, server_id
@@ -1064,118 +1208,362 @@ cdef class Engine:
                 return 0
         return 0 if fds[1].revents else 1
 
-    cdef void tun_loop(self) noexcept nogil:
-        cdef uint8_t *inbuf = <uint8_t *>malloc(SLOT)
-        cdef uint8_t *outbufs = <uint8_t *>malloc(<size_t>BATCH * SLOT)
-        cdef mmsghdr msgs[BATCH]
-        cdef iovec iovs[BATCH]
-        cdef sockaddr_storage dests[BATCH]
-        cdef Peer *owners[BATCH]
+    # -- TUN -> UDP ----------------------------------------------------------------------
+
+    cdef Peer *route(self, const uint8_t *pkt, Py_ssize_t r) noexcept nogil:
+        """The peer a packet read from the TUN goes to, or NULL (counted as a drop)."""
+        cdef uint8_t addr[16]
+        cdef int version, idx
+        cdef Peer *p
+        if self.server:
+            version = inner_destination(pkt, r, addr)
+            idx = routes_lookup(&self.routes, version, addr) if version else -1
+        else:
+            idx = 0 if self.npeers else -1
+        p = self.peers[idx] if idx >= 0 else NULL
+        if p == NULL or p.endpoint_len == 0:
+            self.drops[D_NO_ROUTE] += 1
+            return NULL
+        if self.hold_tx:
+            self.drops[D_UNSYNCED] += 1
+            p.drops[D_UNSYNCED] += 1
+            return NULL
+        return p
+
+    cdef int seal_into(self, Peer *p, uint8_t *o, const uint8_t *body, Py_ssize_t n,
+                       int64_t ts) noexcept nogil:
+        """Header, tag and ciphertext of a DATA packet at o; body may be o + OVERHEAD."""
         cdef uint8_t ad[AD_LEN]
         cdef const uint8_t *adp = ad
         cdef int adl = AD_LEN
-        cdef uint8_t addr[16]
-        cdef Py_ssize_t r, body
-        cdef int count, sent, k, version, idx
+        o[0] = KIND_DATA | (FROM_SERVER if self.server else 0)
+        put16(o + 1, p.id)
+        o[3] = <uint8_t>(ts & 0xFF)
+        put32(o + 4, vc_next_counter(&p.counter))
+        build_ad(ad, o, self.server_id, <uint64_t>ts)
+        return siv_seal(p.seal, &adp, &adl, 1, body, <int>n, o + HEADER_LEN, o + OVERHEAD)
+
+    cdef uint8_t *tx_open(self, Tx *tx, Peer *p) noexcept nogil:
+        """The buffer of the next message of the batch, addressed to p (flushes if full)."""
+        cdef int i
+        if tx.count == BATCH or tx.used > TX_BYTES:
+            self.tx_flush(tx)
+        i = tx.count
+        pthread_mutex_lock(&p.lock)
+        memcpy(&tx.dests[i], &p.endpoint, p.endpoint_len)
+        tx.msgs[i].msg_hdr.msg_namelen = p.endpoint_len
+        pthread_mutex_unlock(&p.lock)
+        tx.msgs[i].msg_hdr.msg_name = &tx.dests[i]
+        tx.msgs[i].msg_hdr.msg_iov = &tx.iovs[i]
+        tx.msgs[i].msg_hdr.msg_iovlen = 1
+        tx.msgs[i].msg_hdr.msg_control = NULL
+        tx.msgs[i].msg_hdr.msg_controllen = 0
+        tx.iovs[i].iov_base = tx.bufs + <size_t>i * SLOT
+        tx.owners[i] = p
+        return tx.bufs + <size_t>i * SLOT
+
+    cdef void tx_close(self, Tx *tx, size_t length, int nseg, int segsize,
+                       double mono) noexcept nogil:
+        """Commit the message tx_open started: nseg datagrams of segsize bytes (last shorter)."""
+        cdef int i = tx.count
+        cdef Peer *p = tx.owners[i]
+        cdef cmsghdr *c
+        cdef uint16_t gso = <uint16_t>segsize
+        tx.iovs[i].iov_len = length
+        tx.nseg[i], tx.segsize[i] = nseg, segsize
+        if nseg > 1:
+            tx.msgs[i].msg_hdr.msg_control = &tx.ctrl[i * 4]
+            tx.msgs[i].msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
+            c = CMSG_FIRSTHDR(&tx.msgs[i].msg_hdr)
+            c.cmsg_level, c.cmsg_type = SOL_UDP, UDP_SEGMENT
+            c.cmsg_len = CMSG_LEN(sizeof(uint16_t))
+            memcpy(CMSG_DATA(c), &gso, sizeof(uint16_t))
+        tx.count += 1
+        tx.used += length
+        p.tx_packets += nseg
+        p.tx_bytes += length
+        if p.first_unanswered == 0 or p.first_unanswered < p.last_rx:
+            p.first_unanswered = mono
+
+    cdef int send_one(self, const void *buf, size_t n, const msghdr *m) noexcept nogil:
+        while sendto(self.sock_fd, buf, n, 0, m.msg_name, m.msg_namelen) < 0:
+            if errno == EAGAIN:
+                if not self.wait(self.sock_fd, POLLOUT):
+                    return 0
+            elif errno != EINTR:
+                return 0
+        return 1
+
+    cdef void tx_flush(self, Tx *tx) noexcept nogil:
+        cdef int k = 0, sent, j
+        cdef size_t off, n
+        cdef uint8_t *base
+        while k < tx.count:
+            sent = sendmmsg(self.sock_fd, &tx.msgs[k], tx.count - k, 0)
+            if sent > 0:
+                k += sent
+            elif errno == EAGAIN:
+                if not self.wait(self.sock_fd, POLLOUT):
+                    break
+            elif errno == EINTR:
+                pass
+            elif tx.nseg[k] > 1 and (errno == EIO or errno == EINVAL):
+                # The kernel or the outgoing device refused UDP GSO (wireguard-go meets
+                # EIO too): send these one by one and stop using it.
+                self.offload &= ~OFF_GSO
+                base = <uint8_t *>tx.iovs[k].iov_base
+                off = 0
+                for j in range(tx.nseg[k]):
+                    n = min(<size_t>tx.segsize[k], tx.iovs[k].iov_len - off)
+                    if not self.send_one(base + off, n, &tx.msgs[k].msg_hdr):
+                        tx.owners[k].tx_packets -= 1
+                        tx.owners[k].tx_bytes -= n
+                    off += n
+                k += 1
+            else:
+                tx.owners[k].tx_packets -= tx.nseg[k]   # not sent after all (unreachable...)
+                tx.owners[k].tx_bytes -= tx.iovs[k].iov_len
+                k += 1
+        tx.count = 0
+        tx.used = 0
+
+    cdef void seal_tso(self, Tx *tx, Peer *p, const uint8_t *pkt, Py_ssize_t r,
+                       const VnetHdr *vh, int64_t ts, double mono) noexcept nogil:
+        """Cut a TCP super-packet from the TUN into MSS-size segments (headers and
+        checksums as the kernel's own segmentation makes them), seal each in place, and
+        queue them as few UDP GSO messages as the size limits allow."""
+        cdef int version = pkt[0] >> 4, l3 = 0, hl = 0, per, k = 0, i, nseg, ok
+        cdef Py_ssize_t mss = vh.gso_size, payload, chunk, n, full
+        cdef size_t off = 0
+        cdef uint32_t seq0
+        cdef uint16_t id0
+        cdef uint8_t *o = NULL
+        cdef uint8_t *seg
+        cdef uint8_t *tcp
+        if version == 4 and r >= 20 and (vh.gso_type & 0x7F) == VNET_GSO_TCPV4:
+            l3 = (pkt[0] & 15) * 4
+            ok = pkt[9] == 6
+        elif version == 6 and r >= 40 and (vh.gso_type & 0x7F) == VNET_GSO_TCPV6:
+            l3 = 40
+            ok = pkt[6] == 6   # no extension headers: the kernel's TSO6 sends none here
+        else:
+            ok = 0
+        if ok:
+            ok = l3 >= 20 and r >= l3 + 20
+        if ok:
+            hl = l3 + (pkt[l3 + 12] >> 4) * 4
+            full = OVERHEAD + hl + mss
+            ok = hl >= l3 + 20 and hl <= r and mss >= 1 and full <= MAX_DATAGRAM
+        if not ok:
+            self.drops[D_BAD_PACKET] += 1
+            p.drops[D_BAD_PACKET] += 1
+            return
+        payload = r - hl
+        nseg = <int>((payload + mss - 1) // mss) if payload else 1
+        per = 1
+        if self.offload & OFF_GSO:
+            per = <int>min(GSO_MAX_SEGS, GSO_MAX_BYTES // full)
+        seq0 = (pkt[l3 + 4] << 24) | (pkt[l3 + 5] << 16) | (pkt[l3 + 6] << 8) | pkt[l3 + 7]
+        id0 = (pkt[4] << 8) | pkt[5]
+        for i in range(nseg):
+            if o == NULL or k == per:
+                if k:
+                    self.tx_close(tx, off, k, full, mono)
+                o = self.tx_open(tx, p)
+                k = 0
+                off = 0
+            chunk = min(mss, payload - i * mss)
+            n = hl + chunk
+            seg = o + off + OVERHEAD
+            memcpy(seg, pkt, hl)
+            memcpy(seg + hl, pkt + hl + i * mss, chunk)
+            if version == 4:
+                put16(seg + 2, <uint32_t>n)
+                put16(seg + 4, <uint16_t>(id0 + i))
+                seg[10] = seg[11] = 0
+                csum_store(seg + 10, csum_add(0, seg, l3))
+            else:
+                put16(seg + 4, <uint32_t>(n - 40))
+            tcp = seg + l3
+            put32(tcp + 4, seq0 + <uint32_t>(i * mss))
+            if i < nseg - 1:
+                tcp[13] &= ~(0x01 | 0x08)   # FIN and PSH only on the last segment
+            if i > 0:
+                tcp[13] &= ~0x80            # CWR only on the first
+            tcp_csum(seg, version, l3, n)
+            if not self.seal_into(p, o + off, seg, n, ts):
+                break
+            off += OVERHEAD + n
+            k += 1
+        if k:
+            self.tx_close(tx, off, k, full, mono)
+
+    cdef void tun_loop(self) noexcept nogil:
+        cdef uint8_t *inbuf = <uint8_t *>malloc(SLOT + HEADROOM)
+        cdef Tx *tx = <Tx *>calloc(1, sizeof(Tx))
+        cdef VnetHdr vh
+        cdef Py_ssize_t r
+        cdef int reads
         cdef Peer *p
         cdef uint8_t *o
         cdef int64_t ts
         cdef double mono
         cdef const uint8_t *pkt
-        if inbuf == NULL or outbufs == NULL:
+        if tx != NULL:
+            tx.bufs = <uint8_t *>malloc(<size_t>BATCH * SLOT)
+        if inbuf == NULL or tx == NULL or tx.bufs == NULL:
             free(inbuf)
-            free(outbufs)
+            if tx != NULL:
+                free(tx.bufs)
+            free(tx)
             return
-        memset(msgs, 0, sizeof(msgs))
         while self.wait(self.tun_fd, POLLIN):
-            count = 0
             mono = clock_now(CLOCK_MONOTONIC)
             ts = <int64_t>(clock_now(CLOCK_REALTIME) + self.clock_offset)
-            while count < BATCH:
-                r = read(self.tun_fd, inbuf, SLOT)
+            reads = 0
+            while reads < BATCH:
+                r = read(self.tun_fd, inbuf, SLOT + HEADROOM)
                 if r < 0:
                     break
+                reads += 1
                 r -= self.frame_prefix
                 pkt = inbuf + self.frame_prefix
-                if r < 1 or r > MAX_DATAGRAM - OVERHEAD:
+                if r < 1:
                     continue
-                if self.server:
-                    version = inner_destination(pkt, r, addr)
-                    idx = routes_lookup(&self.routes, version, addr) if version else -1
-                else:
-                    idx = 0 if self.npeers else -1
-                p = self.peers[idx] if idx >= 0 else NULL
-                if p == NULL or p.endpoint_len == 0:
-                    self.drops[D_NO_ROUTE] += 1
+                p = self.route(pkt, r)
+                if p == NULL:
                     continue
-                if self.hold_tx:
-                    self.drops[D_UNSYNCED] += 1
-                    p.drops[D_UNSYNCED] += 1
+                if self.offload & OFF_VNET:
+                    memcpy(&vh, inbuf, VNET_LEN)
+                    if vh.gso_type != 0:
+                        self.seal_tso(tx, p, pkt, r, &vh, ts, mono)
+                        continue
+                    if vh.flags & VNET_F_NEEDS_CSUM and not finish_csum(inbuf + VNET_LEN, r, &vh):
+                        self.drops[D_BAD_PACKET] += 1
+                        p.drops[D_BAD_PACKET] += 1
+                        continue
+                if r > MAX_DATAGRAM - OVERHEAD:
                     continue
-                o = outbufs + <size_t>count * SLOT
-                o[0] = KIND_DATA | (FROM_SERVER if self.server else 0)
-                put16(o + 1, p.id)
-                o[3] = <uint8_t>(ts & 0xFF)
-                put32(o + 4, vc_next_counter(&p.counter))
-                build_ad(ad, o, self.server_id, <uint64_t>ts)
-                if not siv_seal(p.seal, &adp, &adl, 1, pkt, <int>r, o + HEADER_LEN, o + OVERHEAD):
-                    continue
-                pthread_mutex_lock(&p.lock)
-                memcpy(&dests[count], &p.endpoint, p.endpoint_len)
-                msgs[count].msg_hdr.msg_namelen = p.endpoint_len
-                pthread_mutex_unlock(&p.lock)
-                iovs[count].iov_base = o
-                iovs[count].iov_len = OVERHEAD + r
-                msgs[count].msg_hdr.msg_name = &dests[count]
-                msgs[count].msg_hdr.msg_iov = &iovs[count]
-                msgs[count].msg_hdr.msg_iovlen = 1
-                owners[count] = p
-                p.tx_packets += 1
-                p.tx_bytes += OVERHEAD + r
-                if p.first_unanswered == 0 or p.first_unanswered < p.last_rx:
-                    p.first_unanswered = mono
-                count += 1
-            k = 0
-            while k < count:
-                sent = sendmmsg(self.sock_fd, &msgs[k], count - k, 0)
-                if sent > 0:
-                    k += sent
-                elif errno == EAGAIN:
-                    if not self.wait(self.sock_fd, POLLOUT):
-                        break
-                elif errno != EINTR:
-                    owners[k].tx_packets -= 1   # not sent after all (e.g. unreachable)
-                    owners[k].tx_bytes -= iovs[k].iov_len
-                    k += 1
+                o = self.tx_open(tx, p)
+                if self.seal_into(p, o, pkt, r, ts):
+                    self.tx_close(tx, OVERHEAD + r, 1, OVERHEAD + r, mono)
+            self.tx_flush(tx)
         free(inbuf)
-        free(outbufs)
+        free(tx.bufs)
+        free(tx)
 
-    cdef void udp_loop(self) noexcept nogil:
-        cdef uint8_t *inbufs = <uint8_t *>malloc(<size_t>BATCH * SLOT)
-        cdef uint8_t *out = <uint8_t *>malloc(SLOT + 4)
-        cdef mmsghdr msgs[BATCH]
-        cdef iovec iovs[BATCH]
-        cdef sockaddr_storage srcs[BATCH]
+    # -- UDP -> TUN ----------------------------------------------------------------------
+
+    cdef void on_datagram(self, uint8_t *pkt, Py_ssize_t n, const sockaddr_storage *src,
+                          socklen_t alen, uint8_t *out, int64_t now_s, double mono) noexcept nogil:
+        """One received datagram: drop it with a reason, hand it up, or write it to the TUN.
+        `out` has HEADROOM bytes in front of where the plaintext goes."""
         cdef uint8_t ad[AD_LEN]
         cdef const uint8_t *adp = ad
         cdef int adl = AD_LEN
         cdef uint8_t addr[16]
-        cdef int got, i, idx, version, reason, want_dir
-        cdef Py_ssize_t n, body
-        cdef uint8_t *pkt
+        cdef int idx, version, reason
+        cdef Py_ssize_t body
         cdef uint8_t ptype
         cdef uint32_t cid, counter
-        cdef int64_t now_s, ts
-        cdef double mono
+        cdef int64_t ts
         cdef Peer *p
-        cdef socklen_t alen
+        cdef uint8_t *plain = out + HEADROOM
+        if n < OVERHEAD + 1 or n > MAX_DATAGRAM:
+            self.drop(NULL, D_MALFORMED, src, alen, pkt, 0, mono)
+            return
+        ptype = pkt[0]
+        cid = (pkt[1] << 8) | pkt[2]
+        if self.server:
+            idx = self.by_id[cid]
+        else:
+            idx = 0 if self.npeers and self.peers[0] != NULL and self.peers[0].id == cid else -1
+        p = self.peers[idx] if idx >= 0 else NULL
+        if ((ptype & FROM_SERVER) != (0 if self.server else FROM_SERVER)
+                or (ptype & 0x7F) < KIND_DATA or (ptype & 0x7F) > KIND_TIME_RESPONSE):
+            self.drop(p, D_BAD_TYPE, src, alen, pkt, 0, mono)
+            return
+        if p == NULL:
+            self.drop(NULL, D_UNKNOWN_CLIENT, src, alen, pkt, 0, mono)
+            return
+        if (ptype & 0x7F) != KIND_DATA:
+            # Keepalives and time sync: the sans-IO core decides (budgeted). Per client,
+            # so forgeries naming one client cannot starve the others; what is over
+            # budget is counted like any drop.
+            if self.take(&p.ctl_tokens, &p.ctl_refilled, CTL_RATE, mono):
+                self.emit(EV_PACKET, 0, cid, src, alen, pkt, n)
+            else:
+                self.drop(p, D_RATE_LIMITED, src, alen, pkt, 0, mono)
+            return
+        ts = full_timestamp(pkt[3], now_s)
+        if ts < 0:
+            self.drop(p, D_AUTH, src, alen, pkt, n, mono)
+            return
+        counter = (pkt[4] << 24) | (pkt[5] << 16) | (pkt[6] << 8) | pkt[7]
+        reason = window_check(&p.window, ts, counter)
+        if reason != D_NONE:
+            self.drop(p, reason, src, alen, pkt, n, mono)
+            return
+        body = n - OVERHEAD
+        build_ad(ad, pkt, self.server_id, <uint64_t>ts)
+        if not siv_open(p.open, &adp, &adl, 1, pkt + HEADER_LEN, pkt + OVERHEAD, <int>body,
+                        plain):
+            self.drop(p, D_AUTH, src, alen, pkt, n, mono)
+            return
+        if self.server:
+            version = inner_source(plain, body, addr)
+            if version == 0:
+                window_accept(&p.window, ts, counter)
+                self.drop(p, D_BAD_PACKET, src, alen, pkt, 0, mono)
+                return
+            if routes_lookup(&self.routes, version, addr) != idx:
+                window_accept(&p.window, ts, counter)
+                self.drop(p, D_SPOOFED_SOURCE, src, alen, plain, min(body, 40), mono)
+                return
+        window_accept(&p.window, ts, counter)
+        p.rx_packets += 1
+        p.rx_bytes += n
+        p.last_rx = mono
+        p.first_unanswered = 0
+        if self.server and (alen != p.endpoint_len or memcmp(src, &p.endpoint, alen) != 0):
+            pthread_mutex_lock(&p.lock)
+            memcpy(&p.endpoint, src, alen)
+            p.endpoint_len = alen
+            pthread_mutex_unlock(&p.lock)
+            self.emit(EV_ENDPOINT, 0, cid, src, alen, NULL, 0)
+        if self.offload & OFF_VNET:
+            memset(plain - VNET_LEN, 0, VNET_LEN)   # no GSO, checksums complete
+        elif self.frame_prefix:
+            put32(plain - 4, 2 if (plain[0] >> 4) == 4 else 28)   # FreeBSD: AF_INET / AF_INET6
+        while write(self.tun_fd, plain - self.frame_prefix, body + self.frame_prefix) < 0:
+            if errno == EAGAIN:
+                if not self.wait(self.tun_fd, POLLOUT):
+                    break
+            elif errno != EINTR:
+                break
+
+    cdef void udp_loop(self) noexcept nogil:
+        # With UDP GRO a slot may fill up to 64 KB: fewer slots keep the memory touched
+        # bounded, and each still carries dozens of datagrams.
+        cdef int nmsg = RX_GRO_MSGS if self.offload & OFF_GRO else BATCH
+        cdef uint8_t *inbufs = <uint8_t *>malloc(<size_t>nmsg * SLOT)
+        cdef uint8_t *out = <uint8_t *>malloc(SLOT + HEADROOM)
+        cdef mmsghdr msgs[BATCH]
+        cdef iovec iovs[BATCH]
+        cdef sockaddr_storage srcs[BATCH]
+        cdef uint64_t ctrl[BATCH * 4]
+        cdef int got, i, gso
+        cdef Py_ssize_t n, off, seg
+        cdef uint8_t *base
+        cdef int64_t now_s
+        cdef double mono
+        cdef cmsghdr *c
         if inbufs == NULL or out == NULL:
             free(inbufs)
             free(out)
             return
-        want_dir = 0 if self.server else FROM_SERVER
         while self.wait(self.sock_fd, POLLIN):
-            for i in range(BATCH):
+            for i in range(nmsg):
                 iovs[i].iov_base = inbufs + <size_t>i * SLOT
                 iovs[i].iov_len = SLOT
                 memset(&msgs[i].msg_hdr, 0, sizeof(msghdr))
@@ -1183,81 +1571,37 @@ cdef class Engine:
                 msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
                 msgs[i].msg_hdr.msg_iov = &iovs[i]
                 msgs[i].msg_hdr.msg_iovlen = 1
-            got = recvmmsg(self.sock_fd, msgs, BATCH, MSG_DONTWAIT, NULL)
+                if self.offload & OFF_GRO:
+                    msgs[i].msg_hdr.msg_control = &ctrl[i * 4]
+                    msgs[i].msg_hdr.msg_controllen = 4 * sizeof(uint64_t)
+            got = recvmmsg(self.sock_fd, msgs, nmsg, MSG_DONTWAIT, NULL)
             if got <= 0:
                 continue
             mono = clock_now(CLOCK_MONOTONIC)
             now_s = <int64_t>(clock_now(CLOCK_REALTIME) + self.clock_offset)
             for i in range(got):
-                pkt = inbufs + <size_t>i * SLOT
+                base = inbufs + <size_t>i * SLOT
                 n = msgs[i].msg_len
-                alen = msgs[i].msg_hdr.msg_namelen
-                if n < OVERHEAD + 1 or n > MAX_DATAGRAM or (msgs[i].msg_hdr.msg_flags & MSG_TRUNC):
-                    self.drop(NULL, D_MALFORMED, &srcs[i], alen, pkt, 0, mono)
+                if msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
+                    self.drop(NULL, D_MALFORMED, &srcs[i], msgs[i].msg_hdr.msg_namelen, base, 0,
+                              mono)
                     continue
-                ptype = pkt[0]
-                cid = (pkt[1] << 8) | pkt[2]
-                idx = self.by_id[cid] if self.server else (0 if self.npeers and self.peers[0] != NULL and self.peers[0].id == cid else -1)
-                p = self.peers[idx] if idx >= 0 else NULL
-                if (ptype & FROM_SERVER) != want_dir or (ptype & 0x7F) < KIND_DATA or (ptype & 0x7F) > KIND_TIME_RESPONSE:
-                    self.drop(p, D_BAD_TYPE, &srcs[i], alen, pkt, 0, mono)
-                    continue
-                if p == NULL:
-                    self.drop(NULL, D_UNKNOWN_CLIENT, &srcs[i], alen, pkt, 0, mono)
-                    continue
-                if (ptype & 0x7F) != KIND_DATA:
-                    # Keepalives and time sync: the sans-IO core decides (budgeted).
-                    # Per client, so forgeries naming one client cannot starve the others;
-                    # what is over budget is counted like any drop.
-                    if self.take(&p.ctl_tokens, &p.ctl_refilled, CTL_RATE, mono):
-                        self.emit(EV_PACKET, 0, cid, &srcs[i], alen, pkt, n)
-                    else:
-                        self.drop(p, D_RATE_LIMITED, &srcs[i], alen, pkt, 0, mono)
-                    continue
-                ts = full_timestamp(pkt[3], now_s)
-                if ts < 0:
-                    self.drop(p, D_AUTH, &srcs[i], alen, pkt, n, mono)
-                    continue
-                reason = window_check(&p.window, ts, (pkt[4] << 24) | (pkt[5] << 16) | (pkt[6] << 8) | pkt[7])
-                if reason != D_NONE:
-                    self.drop(p, reason, &srcs[i], alen, pkt, n, mono)
-                    continue
-                counter = (pkt[4] << 24) | (pkt[5] << 16) | (pkt[6] << 8) | pkt[7]
-                body = n - OVERHEAD
-                build_ad(ad, pkt, self.server_id, <uint64_t>ts)
-                if not siv_open(p.open, &adp, &adl, 1, pkt + HEADER_LEN, pkt + OVERHEAD,
-                                <int>body, out + 4):
-                    self.drop(p, D_AUTH, &srcs[i], alen, pkt, n, mono)
-                    continue
-                if self.server:
-                    version = inner_source(out + 4, body, addr)
-                    if version == 0:
-                        self.drop(p, D_BAD_PACKET, &srcs[i], alen, pkt, 0, mono)
-                        window_accept(&p.window, ts, counter)
-                        continue
-                    if routes_lookup(&self.routes, version, addr) != idx:
-                        window_accept(&p.window, ts, counter)
-                        self.drop(p, D_SPOOFED_SOURCE, &srcs[i], alen, out + 4, min(body, 40), mono)
-                        continue
-                window_accept(&p.window, ts, counter)
-                p.rx_packets += 1
-                p.rx_bytes += n
-                p.last_rx = mono
-                p.first_unanswered = 0
-                if self.server and (alen != p.endpoint_len or memcmp(&srcs[i], &p.endpoint, alen) != 0):
-                    pthread_mutex_lock(&p.lock)
-                    memcpy(&p.endpoint, &srcs[i], alen)
-                    p.endpoint_len = alen
-                    pthread_mutex_unlock(&p.lock)
-                    self.emit(EV_ENDPOINT, 0, cid, &srcs[i], alen, NULL, 0)
-                if self.frame_prefix:
-                    put32(out, 2 if (out[4] >> 4) == 4 else 28)   # FreeBSD: AF_INET / AF_INET6
-                while write(self.tun_fd, out + 4 - self.frame_prefix, body + self.frame_prefix) < 0:
-                    if errno == EAGAIN:
-                        if not self.wait(self.tun_fd, POLLOUT):
-                            break
-                    elif errno != EINTR:
+                # A GRO message is datagrams of `gso` bytes from one sender, the last shorter.
+                seg = n
+                if self.offload & OFF_GRO and msgs[i].msg_hdr.msg_controllen:
+                    c = CMSG_FIRSTHDR(&msgs[i].msg_hdr)
+                    while c != NULL:
+                        if c.cmsg_level == SOL_UDP and c.cmsg_type == UDP_GRO:
+                            memcpy(&gso, CMSG_DATA(c), sizeof(int))
+                            if gso > 0:
+                                seg = gso
+                        c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)
+                off = 0
+                while True:
+                    self.on_datagram(base + off, min(seg, n - off), &srcs[i],
+                                     msgs[i].msg_hdr.msg_namelen, out, now_s, mono)
+                    off += seg
+                    if off >= n:
                         break
         free(inbufs)
         free(out)
-

@@ -55,11 +55,13 @@ MAX_SERVER_ID = 0xFFFFFFFF
 MAX_CONFIG_SIZE = 1 << 20
 MAX_KEY_FILE_SIZE = 4096
 
-SERVER_KEYS = ("listen", "interface", "address", "server_id", "mtu", "user", "state_dir")
+SERVER_KEYS = (
+    "listen", "interface", "address", "server_id", "mtu", "user", "state_dir", "offload",
+)
 PEER_KEYS = ("id", "key", "key_file", "allowed_ips")
 CLIENT_KEYS = (
     "id", "server", "server_id", "key", "key_file", "interface", "address",
-    "routes", "keepalive", "mtu", "user", "state_dir",
+    "routes", "keepalive", "mtu", "user", "state_dir", "offload",
 )
 
 
@@ -157,6 +159,7 @@ class ServerConfig:
     clients: tuple  # of Peer, in file order
     user: str | None
     state_dir: str
+    offload: bool = True  # segmentation/checksum offloads in the native loop (Linux)
 
     role: ClassVar[str] = "server"
 
@@ -176,6 +179,7 @@ class ClientConfig:
     mtu: int | None
     user: str | None
     state_dir: str
+    offload: bool = True
 
     role: ClassVar[str] = "client"
 
@@ -531,6 +535,16 @@ class _Section:
             raise self.error("value is empty (list at least one entry)", key)
         return items
 
+    def flag(self, key, *, default: bool) -> bool:
+        value = self.optional(key)
+        if value is None:
+            return default
+        if value.lower() in ("yes", "on", "true", "1"):
+            return True
+        if value.lower() in ("no", "off", "false", "0"):
+            return False
+        raise self.error(f"{_show(value)} is not yes or no", key)
+
     def integer(self, key, low, high, default=None, *, required=False) -> int | None:
         value = self.require(key) if required else self.optional(key)
         if value is None:
@@ -669,6 +683,7 @@ def _build_server(ctx, header, values, peers) -> ServerConfig:
         clients=tuple(clients),
         user=user,
         state_dir=state_dir,
+        offload=s.flag("offload", default=True),
     )
 
 
@@ -726,6 +741,7 @@ def _build_client(ctx, header, values) -> ClientConfig:
         mtu=mtu,
         user=user,
         state_dir=state_dir,
+        offload=s.flag("offload", default=True),
     )
 
 

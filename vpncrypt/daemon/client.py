@@ -78,11 +78,11 @@ class Client(Runtime):
         server = format_addr(self.server[1]) if self.server else "unresolved"
         log.info(
             "client started: id %d, interface %s (%s, mtu %d), server %s (%s), server id %d, "
-            "keepalive %s, crypto %s, %s loop",
+            "keepalive %s, crypto %s, %s",
             cfg.id, self.tun.name, ", ".join(str(a) for a in cfg.addresses), mtu,
             cfg.server_host, server, cfg.server_id,
             f"{cfg.keepalive} s" if cfg.keepalive else "off", self.crypto_description(),
-            "native" if self.native else "Python",
+            self.native.describe() if self.native else "Python loop",
         )
 
     def build_native(self) -> None:
@@ -288,7 +288,8 @@ class Client(Runtime):
         super()._on_wake()
         self.finish_resolve()
 
-    RESTART_ONLY = ("id", "server_id", "key", "interface", "addresses", "routes", "mtu")
+    RESTART_ONLY = ("id", "server_id", "key", "interface", "addresses", "routes", "mtu",
+                    "offload")
 
     def reload(self) -> str | None:
         new, error = self.reread_config()

@@ -15,6 +15,9 @@ import threading
 from ..protocol import wire
 
 EV_PACKET, EV_ENDPOINT, EV_DROP = 1, 2, 3
+# The Engine's offload flags (_fast.pyx OFF_*) and the Linux UDP socket options behind two.
+OFF_VNET, OFF_GSO, OFF_GRO = 1, 2, 4
+SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104
 
 
 def wanted(crypto_path: str) -> bool:
@@ -36,6 +39,22 @@ class EngineSender:
         return self.engine.seal(self.index, ptype, timestamp, bytes(body))
 
 
+def socket_offloads(sock) -> int:
+    """OFF_VNET plus the UDP offloads this kernel has for `sock` (GRO is switched on)."""
+    flags = OFF_VNET
+    try:
+        sock.getsockopt(SOL_UDP, UDP_SEGMENT)  # Linux >= 4.18
+        flags |= OFF_GSO
+    except OSError:
+        pass
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)  # Linux >= 5.0
+        flags |= OFF_GRO
+    except OSError:
+        pass
+    return flags
+
+
 class NativePath:
     """Owns the Engine, its two threads, the event socket and the stop pipe."""
 
@@ -49,8 +68,18 @@ class NativePath:
         self._events_w = events_w
         self._stop_r, self._stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.engine = _fast.Engine(server, tun.fd, sock.fileno(), sock.family,
-                                   events_w.fileno(), self._stop_r, tun.frame_prefix, server_id)
+                                   events_w.fileno(), self._stop_r, tun.frame_prefix, server_id,
+                                   socket_offloads(sock) if tun.offloads else 0)
         self.threads = []
+        self.tun_offloads = tun.offloads
+
+    def describe(self) -> str:
+        """"native loop" and the offloads in use, for the start-up line."""
+        flags = self.engine.offload
+        used = [name for name in self.tun_offloads if name in ("tso4", "tso6", "csum")]
+        used += [name for bit, name in ((OFF_GSO, "udp-gso"), (OFF_GRO, "udp-gro"))
+                 if flags & bit]
+        return f"native loop (offloads: {', '.join(used) or 'none'})"
 
     def start(self) -> None:
         self.threads = [threading.Thread(target=run, name=name, daemon=True) for name, run in

@@ -18,6 +18,7 @@ from .. import config as configmod
 from .. import control, tun
 from ..protocol import aead, wire
 from ..protocol.wire import Drop
+from . import fastpath
 from .logs import RateLimiter, kv, log
 
 BATCH = 64  # packets drained per readiness event, so neither side starves the other
@@ -107,7 +108,7 @@ class Runtime:
     def open_tun(self, mtu: int, routes=()) -> None:
         cfg = self.config
         try:
-            self.tun = tun.open_tun(cfg.interface)
+            self.tun = tun.open_tun(cfg.interface, cfg.offload and fastpath.wanted(self.crypto_path))
             tun.configure_interface(self.tun.name, list(cfg.addresses), mtu, list(routes))
         except tun.TunError as e:
             raise FatalError(str(e)) from None

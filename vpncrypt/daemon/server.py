@@ -68,10 +68,10 @@ class Server(Runtime):
         addrs = ", ".join(str(a) for a in cfg.addresses)
         log.info(
             "server started: interface %s (%s, mtu %d), listening on %s, server id %d, "
-            "%d clients, crypto %s, %s loop",
+            "%d clients, crypto %s, %s",
             self.tun.name, addrs, mtu, format_addr((cfg.listen_host, cfg.listen_port)),
             cfg.server_id, len(self.peers), self.crypto_description(),
-            "native" if self.native else "Python",
+            self.native.describe() if self.native else "Python loop",
         )
 
     def sync_native(self) -> None:
@@ -187,7 +187,8 @@ class Server(Runtime):
 
     # -- control ------------------------------------------------------------------------------
 
-    RESTART_ONLY = ("listen_host", "listen_port", "interface", "addresses", "server_id", "mtu")
+    RESTART_ONLY = ("listen_host", "listen_port", "interface", "addresses", "server_id", "mtu",
+                    "offload")
 
     def reload(self) -> str | None:
         new, error = self.reread_config()

@@ -17,7 +17,7 @@ import ipaddress
 import sys
 from collections.abc import Sequence
 from types import ModuleType
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 __all__ = [
     "TunDevice",
@@ -44,9 +44,12 @@ class TunDevice(Protocol):
     """
 
     #: Bytes of per-packet header the platform puts in front of each IP packet on the
-    #: fd and that read()/write() strip/add.  0 on Linux (IFF_NO_PI); FreeBSD's
-    #: TUNSIFHEAD address-family word makes it 4.  Callers use it for buffer sizing only.
-    frame_prefix: ClassVar[int] = 0
+    #: fd and that read()/write() strip/add.  0 on Linux (IFF_NO_PI), 10 there when
+    #: opened for offloads (struct virtio_net_hdr); FreeBSD's TUNSIFHEAD
+    #: address-family word makes it 4.
+    frame_prefix: int
+    #: What the kernel granted when opened with `offload` (empty otherwise).
+    offloads: tuple[str, ...]
 
     name: str
     fd: int
@@ -78,9 +81,13 @@ def _backend() -> ModuleType:
     raise TunError(f"platform {sys.platform!r} is not supported (Linux and FreeBSD only)")
 
 
-def open_tun(name: str) -> TunDevice:
-    """Create (or attach to) the layer-3 TUN interface `name` and return it open."""
-    return _backend().open_tun(name)
+def open_tun(name: str, offload: bool = False) -> TunDevice:
+    """Create (or attach to) the layer-3 TUN interface `name` and return it open.
+
+    `offload` (Linux; ignored elsewhere): open it for the native loop's segmentation
+    and checksum offloads; the device's `offloads` says what the kernel granted.
+    """
+    return _backend().open_tun(name, offload)
 
 
 def configure_interface(

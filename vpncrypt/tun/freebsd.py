@@ -169,6 +169,7 @@ class FreeBSDTun:
     """An open FreeBSD tun(4) device in TUNSIFHEAD mode (see `vpncrypt.tun.TunDevice`)."""
 
     frame_prefix: ClassVar[int] = FRAME_PREFIX  # the address-family word
+    offloads: ClassVar[tuple[str, ...]] = ()  # tun(4) has no segmentation offload
 
     __slots__ = ("name", "fd", "dropped", "_owned")
 
@@ -309,8 +310,11 @@ def _device_name(fd: int) -> str:
     return bytes(reply[:IFNAMSIZ]).split(b"\0", 1)[0].decode(errors="replace")
 
 
-def open_tun(name: str) -> FreeBSDTun:
-    """Create (or reopen) the tun interface `name` and return it open, unconfigured."""
+def open_tun(name: str, offload: bool = False) -> FreeBSDTun:
+    """Create (or reopen) the tun interface `name` and return it open, unconfigured.
+
+    `offload` is accepted for the common interface and ignored: tun(4) hands over
+    packets one by one with complete checksums."""
     validate_name(name)
     existed = interface_exists(name)
     cloned = False

@@ -27,7 +27,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from . import IPInterface, IPNetwork, TunError
 
@@ -39,6 +39,13 @@ TUN_PATH = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+# Offloads for the native loop: with IFF_VNET_HDR each packet on the fd has a 10-byte
+# struct virtio_net_hdr in front; TUNSETOFFLOAD (_IOW('T', 208, unsigned int)) then lets
+# the kernel hand over TCP super-packets (TSO) and packets whose checksum is left to us.
+IFF_VNET_HDR = 0x4000
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
+VNET_HDR_LEN = 10
 IFNAMSIZ = 16  # including the terminating NUL, hence 15 usable bytes
 
 # struct ifreq: char ifr_name[16]; then a 24-byte union whose first member we use as
@@ -61,21 +68,24 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
 class LinuxTun:
     """An open Linux TUN device (see `vpncrypt.tun.TunDevice`)."""
 
-    frame_prefix: ClassVar[int] = 0  # IFF_NO_PI: no struct tun_pi in front of packets
+    # IFF_NO_PI: no struct tun_pi in front of packets. frame_prefix is VNET_HDR_LEN when
+    # the device was opened for offloads (the native loop reads and writes the header).
+    __slots__ = ("name", "fd", "frame_prefix", "offloads")
 
-    __slots__ = ("name", "fd")
-
-    def __init__(self, fd: int, name: str) -> None:
+    def __init__(self, fd: int, name: str, offloads: tuple[str, ...] | None = None) -> None:
         self.fd = fd
         self.name = name
+        self.offloads = offloads or ()  # of "vnet-hdr", "csum", "tso4", "tso6"
+        self.frame_prefix = VNET_HDR_LEN if offloads else 0
 
     def read(self) -> bytes:
-        return os.read(self.fd, _READ_SIZE)
+        return os.read(self.fd, _READ_SIZE + self.frame_prefix)[self.frame_prefix :]
 
     def write(self, packet: bytes) -> None:
         # A TUN write is all-or-nothing; a packet the kernel cannot parse as IPv4/IPv6
-        # raises OSError(EINVAL), which the caller treats as a dropped packet.
-        os.write(self.fd, packet)
+        # raises OSError(EINVAL), which the caller treats as a dropped packet. With a
+        # virtio header, all zeros means: no segmentation, checksums complete.
+        os.write(self.fd, bytes(self.frame_prefix) + packet if self.frame_prefix else packet)
 
     def fileno(self) -> int:
         return self.fd
@@ -126,11 +136,13 @@ def validate_name(name: str, *, allow_pattern: bool = True) -> bytes:
     return raw
 
 
-def open_tun(name: str) -> LinuxTun:
+def open_tun(name: str, offload: bool = False) -> LinuxTun:
     """Create the TUN interface `name` (or attach to a persistent one) and return it.
 
     `name` may contain one '%d'; the returned device's `name` is the one the kernel chose.
-    The interface is down and unconfigured; see configure_interface().
+    The interface is down and unconfigured; see configure_interface(). With `offload`,
+    the device carries a virtio_net_hdr per packet and the kernel is asked for checksum
+    and TCP segmentation offload (whatever it refuses is left out of `offloads`).
     """
     raw = validate_name(name)
     try:
@@ -140,12 +152,26 @@ def open_tun(name: str) -> LinuxTun:
     except OSError as exc:
         raise TunError(_open_error(exc)) from exc
     try:
-        reply = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(raw, IFF_TUN | IFF_NO_PI))
+        flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
+        reply = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(raw, flags))
     except OSError as exc:
         os.close(fd)
         raise TunError(_setiff_error(name, exc)) from exc
     actual = _IFREQ.unpack(reply)[0].split(b"\0", 1)[0].decode(errors="replace")
-    return LinuxTun(fd, actual)
+    return LinuxTun(fd, actual, _set_offloads(fd) if offload else None)
+
+
+def _set_offloads(fd: int) -> tuple[str, ...]:
+    # Older kernels may refuse TSO6 or all of it; the header stays either way.
+    for bits, names in ((TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6, ("csum", "tso4", "tso6")),
+                        (TUN_F_CSUM | TUN_F_TSO4, ("csum", "tso4")),
+                        (TUN_F_CSUM, ("csum",))):
+        try:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, bits)
+            return ("vnet-hdr", *names)
+        except OSError:
+            continue
+    return ("vnet-hdr",)
 
 
 def _open_error(exc: OSError) -> str:
