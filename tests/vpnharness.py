@@ -88,7 +88,8 @@ class Daemon:
 
 class Deployment:
     def __init__(self, make_host, tmp_path, clients: int = 1, v6_underlay: bool = False,
-                 keepalive: int = 5, server_id: int = 7, loop: str = "native"):
+                 keepalive: int = 5, server_id: int = 7, loop: str = "native",
+                 offload: bool = True):
         self.tmp = str(tmp_path)
         # Which packet loop the daemons run: the native engine or the Python fallback.
         self.env = {"VPNCRYPT_LOOP": loop}
@@ -98,6 +99,7 @@ class Deployment:
         self.keys = [generate_key() for _ in range(clients)]
         self.v6_underlay = v6_underlay
         self.server_id = server_id
+        self.offload = offload
         self.links = []
         for i, host in enumerate(self.client_hosts, start=1):
             names = link(self.server_host, host,
@@ -121,7 +123,7 @@ class Deployment:
         listen = f"[::]:{PORT}" if self.v6_underlay else f"0.0.0.0:{PORT}"
         text = (f"[server]\nlisten = {listen}\ninterface = vpn0\n"
                 f"address = {SERVER_TUN4}/24, {SERVER_TUN6}/64\nserver_id = {self.server_id}\n"
-                f"state_dir = {self.state_dir('server')}\n")
+                f"state_dir = {self.state_dir('server')}\n{self.offload_line()}")
         for i in clients or range(1, len(self.client_hosts) + 1):
             text += (f"\n[client c{i}]\nid = {i}\nkey = {self.keys[i - 1]}\n"
                      f"allowed_ips = {client_tun4(i)}/32, {client_tun6(i)}/128\n")
@@ -134,7 +136,10 @@ class Deployment:
         return (f"[client]\nid = {i}\nserver = {self.server_underlay(i)}\n"
                 f"server_id = {self.server_id}\nkey = {self.keys[i - 1]}\ninterface = vpn0\n"
                 f"address = {client_tun4(i)}/24, {client_tun6(i)}/64\nkeepalive = {keepalive}\n"
-                f"state_dir = {self.state_dir(f'client{i}')}\n")
+                f"state_dir = {self.state_dir(f'client{i}')}\n{self.offload_line()}")
+
+    def offload_line(self) -> str:
+        return "" if self.offload else "offload = no\n"
 
     def state_dir(self, name: str) -> str:
         """Each daemon's own control-socket directory (the namespaces share one filesystem)."""

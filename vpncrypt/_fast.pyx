@@ -897,6 +897,10 @@ cdef class Engine:
     cdef readonly bint server
     cdef int tun_fd, sock_fd, event_fd, stop_r, stop_w, frame_prefix
     cdef readonly int offload         # OFF_* flags in use (OFF_GSO drops out if sends fail)
+    # Offload counters, each written by one loop thread: TCP super-packets read from the
+    # TUN and the segments cut from them; UDP messages that held several datagrams (GRO)
+    # and those datagrams; UDP sends that carried several datagrams (GSO).
+    cdef readonly uint64_t tso_packets, tso_segments, gro_messages, gro_datagrams, gso_sends
     cdef int sock_family
     cdef uint32_t server_id
     cdef Peer **peers
@@ -1272,6 +1276,7 @@ cdef class Engine:
         tx.iovs[i].iov_len = length
         tx.nseg[i], tx.segsize[i] = nseg, segsize
         if nseg > 1:
+            self.gso_sends += 1
             tx.msgs[i].msg_hdr.msg_control = &tx.ctrl[i * 4]
             tx.msgs[i].msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
             c = CMSG_FIRSTHDR(&tx.msgs[i].msg_hdr)
@@ -1397,6 +1402,8 @@ cdef class Engine:
             k += 1
         if k:
             self.tx_close(tx, off, k, full, mono)
+        self.tso_packets += 1
+        self.tso_segments += nseg
 
     cdef void tun_loop(self) noexcept nogil:
         cdef uint8_t *inbuf = <uint8_t *>malloc(SLOT + HEADROOM)
@@ -1596,6 +1603,9 @@ cdef class Engine:
                             if gso > 0:
                                 seg = gso
                         c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)
+                if seg < n:
+                    self.gro_messages += 1
+                    self.gro_datagrams += (n + seg - 1) // seg
                 off = 0
                 while True:
                     self.on_datagram(base + off, min(seg, n - off), &srcs[i],

@@ -52,6 +52,12 @@ def render_table(doc: dict) -> str:
         lines.append(f"  last packet from server: {_ago(doc['last_rx_seconds'])}; clock {clock}")
     lines.append(f"  addresses: {', '.join(doc['addresses'])}; mtu {doc['mtu']}")
     lines.append(f"  crypto: {doc['crypto']}; uptime {_duration(doc['uptime'])}; pid {doc['pid']}")
+    off = doc.get("offloads")
+    if doc.get("loop"):
+        lines.append(f"  loop: {doc['loop']}" + (
+            f"; offloads {', '.join(off['in_use']) or 'none'} ({off['tso_packets']} TCP "
+            f"super-packets cut into {off['tso_segments']}, {off['gro_datagrams']} datagrams "
+            f"in {off['gro_messages']} GRO receives)" if off else ""))
     lines.append(f"  transfer: {t['rx_packets']} packets / {_bytes(t['rx_bytes'])} received, "
                  f"{t['tx_packets']} packets / {_bytes(t['tx_bytes'])} sent")
     lines.append(f"  drops: {_drops(t['drops'])}")

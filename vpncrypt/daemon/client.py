@@ -328,7 +328,6 @@ class Client(Runtime):
             "clock_synced": self.synced,
             "clock_offset": round(self.offset, 3),
             "last_rx_seconds": round(mono - last_rx, 3) if last_rx else None,
-            "loop": "native" if self.native else "python",
         })
         return doc
 

@@ -73,13 +73,23 @@ class NativePath:
         self.threads = []
         self.tun_offloads = tun.offloads
 
+    def offloads_in_use(self) -> list:
+        flags = self.engine.offload
+        used = [name for name in self.tun_offloads if name in ("csum", "tso4", "tso6")]
+        return used + [name for bit, name in ((OFF_GSO, "udp-gso"), (OFF_GRO, "udp-gro"))
+                       if flags & bit]
+
     def describe(self) -> str:
         """"native loop" and the offloads in use, for the start-up line."""
-        flags = self.engine.offload
-        used = [name for name in self.tun_offloads if name in ("tso4", "tso6", "csum")]
-        used += [name for bit, name in ((OFF_GSO, "udp-gso"), (OFF_GRO, "udp-gro"))
-                 if flags & bit]
-        return f"native loop (offloads: {', '.join(used) or 'none'})"
+        return f"native loop (offloads: {', '.join(self.offloads_in_use()) or 'none'})"
+
+    def offload_status(self) -> dict:
+        """What `show` reports: the offloads in use and how much they carried."""
+        e = self.engine
+        return {"in_use": self.offloads_in_use(),
+                "tso_packets": e.tso_packets, "tso_segments": e.tso_segments,
+                "gso_sends": e.gso_sends,
+                "gro_messages": e.gro_messages, "gro_datagrams": e.gro_datagrams}
 
     def start(self) -> None:
         self.threads = [threading.Thread(target=run, name=name, daemon=True) for name, run in

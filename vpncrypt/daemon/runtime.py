@@ -208,6 +208,8 @@ class Runtime:
             "interface": self.tun.name,
             "pid": os.getpid(),
             "crypto": self.crypto_path,
+            "loop": "native" if self.native else "python",
+            "offloads": self.native.offload_status() if self.native else None,
             "uptime": round(time.monotonic() - self.started, 3),
             "mtu": self.mtu,
             "addresses": [str(a) for a in self.config.addresses],

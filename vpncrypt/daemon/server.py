@@ -245,7 +245,6 @@ class Server(Runtime):
         doc.update({
             "listen": format_addr((self.config.listen_host, self.config.listen_port)),
             "server_id": self.config.server_id,
-            "loop": "native" if self.native else "python",
             "clients": clients,
         })
         return doc
