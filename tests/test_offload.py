@@ -1,6 +1,7 @@
 """The native loop's offloads: TCP segmentation from a TUN with a virtio header, UDP GSO
-sends and UDP GRO receives, on and off, checked by hash through real namespaces; and the
-checksums the segmentation writes, against a Python reference."""
+sends, UDP GRO receives and TCP coalescing into the TUN, on and off, checked by hash
+through real namespaces; and the checksums the segmentation writes, against a Python
+reference."""
 
 import json
 import random
@@ -110,9 +111,13 @@ def test_transfers_both_ways_with_and_without_offloads(netns_factory, tmp_path, 
             assert off["tso_packets"] > 100 and off["tso_segments"] > 4 * off["tso_packets"]
             assert off["gso_sends"] > 100 and off["gro_messages"] > 100, off
             assert off["gro_datagrams"] > 2 * off["gro_messages"], off
+            # ... and were written to the TUN as super-packets again.
+            assert off["coalesced_packets"] > 100, off
+            assert off["coalesced_segments"] > 4 * off["coalesced_packets"], off
         else:
             assert off == {"in_use": [], "tso_packets": 0, "tso_segments": 0, "gso_sends": 0,
-                           "gro_messages": 0, "gro_datagrams": 0}
+                           "gro_messages": 0, "gro_datagrams": 0, "coalesced_packets": 0,
+                           "coalesced_segments": 0}
         # Nothing cut or coalesced went wrong (a packet or two before the client's first
         # time sync may be held back: "unsynced").
         assert set(doc["totals"]["drops"]) <= {"unsynced"}, doc["totals"]

@@ -843,6 +843,67 @@ cdef inline void tcp_csum(uint8_t *seg, int version, int l3, Py_ssize_t n) noexc
     csum_store(tcp + 16, csum_add(sum, tcp, n - l3))
 
 
+cdef inline int coalescable(const uint8_t *p, Py_ssize_t n, int *l3, int *hl) noexcept nogil:
+    """A TCP data segment that may join a super-packet: plain ACK (PSH allowed), no IP
+    fragment or IPv6 extension header, and a correct checksum, since the kernel will
+    not check the checksum of what we coalesce."""
+    cdef int version = p[0] >> 4
+    cdef uint8_t pseudo[40]
+    cdef uint64_t sum
+    cdef const uint8_t *tcp
+    if version == 4 and n >= 40:
+        l3[0] = (p[0] & 15) * 4
+        if p[9] != 6 or l3[0] < 20 or (p[6] & 0x3F) or p[7] or (
+                (p[2] << 8) | p[3]) != n:
+            return 0
+    elif version == 6 and n >= 60:
+        l3[0] = 40
+        if p[6] != 6 or ((p[4] << 8) | p[5]) + 40 != n:
+            return 0
+    else:
+        return 0
+    tcp = p + l3[0]
+    if n < l3[0] + 20:
+        return 0
+    hl[0] = l3[0] + (tcp[12] >> 4) * 4
+    if hl[0] < l3[0] + 20 or hl[0] >= n or (tcp[13] & ~0x08) != 0x10:   # ACK, maybe PSH
+        return 0
+    if version == 4:
+        memcpy(pseudo, p + 12, 8)
+        pseudo[8], pseudo[9] = 0, 6
+        put16(pseudo + 10, <uint32_t>(n - l3[0]))
+        sum = csum_add(0, pseudo, 12)
+    else:
+        memcpy(pseudo, p + 8, 32)
+        put32(pseudo + 32, <uint32_t>(n - 40))
+        pseudo[36] = pseudo[37] = pseudo[38] = 0
+        pseudo[39] = 6
+        sum = csum_add(0, pseudo, 40)
+    sum = csum_add(sum, tcp, n - l3[0])
+    while sum >> 16:
+        sum = (sum & 0xFFFF) + (sum >> 16)
+    return sum == 0xFFFF
+
+
+cdef inline int same_flow(const Coal *co, const uint8_t *p, int l3, int hl) noexcept nogil:
+    """p continues co's flow: same addresses, ports, ack, window and options, and for
+    IPv4 the same TOS, TTL and DF; and its sequence number follows on."""
+    cdef const uint8_t *a = co.buf + HEADROOM
+    cdef const uint8_t *t = p + l3
+    cdef const uint8_t *u = a + l3
+    if (p[0] >> 4) != co.version or l3 != co.l3 or hl != co.hl:
+        return 0
+    if co.version == 4:
+        if p[1] != a[1] or p[8] != a[8] or (p[6] & 0x40) != (a[6] & 0x40) or \
+                memcmp(p + 12, a + 12, 8) != 0:
+            return 0
+    elif memcmp(p, a, 4) != 0 or memcmp(p + 8, a + 8, 32) != 0:
+        return 0
+    return (memcmp(t, u, 4) == 0 and memcmp(t + 8, u + 8, 5) == 0
+            and memcmp(t + 14, u + 14, 2) == 0 and memcmp(t + 20, u + 20, hl - l3 - 20) == 0
+            and ((t[4] << 24) | (t[5] << 16) | (t[6] << 8) | t[7]) == co.next_seq)
+
+
 def _checksum_selftest(bytes packet, int version, int l3):
     """Test hook: the packet with its TCP (and IPv4 header) checksums recomputed."""
     out = bytearray(packet)
@@ -869,6 +930,17 @@ def _address(raw):
         inet_ntop(AF_INET, &a4.sin_addr, text, sizeof(text))
         return (text.decode(), ntohs(a4.sin_port))
     return None
+
+
+# The UDP -> TUN loop's pending TCP super-packet (receive coalescing, like the kernel's
+# GRO): consecutive segments of one flow from one receive batch, written as one packet
+# with a virtio header that asks the kernel to treat it as their concatenation.
+cdef struct Coal:
+    uint8_t *buf                    # HEADROOM + 65535 bytes; the packet at buf + HEADROOM
+    Py_ssize_t len                  # 0: nothing pending
+    int version, l3, hl, nseg
+    Py_ssize_t mss                  # payload bytes of the first segment
+    uint32_t next_seq
 
 
 # One send batch of the TUN -> UDP loop: a slot per message, each one datagram or, with
@@ -901,6 +973,9 @@ cdef class Engine:
     # TUN and the segments cut from them; UDP messages that held several datagrams (GRO)
     # and those datagrams; UDP sends that carried several datagrams (GSO).
     cdef readonly uint64_t tso_packets, tso_segments, gro_messages, gro_datagrams, gso_sends
+    # ... and TUN writes that carried several coalesced segments, and those segments.
+    cdef readonly uint64_t coalesced_packets, coalesced_segments
+    cdef bint no_coalesce             # the TUN refused a coalesced write: stop trying
     cdef int sock_family
     cdef uint32_t server_id
     cdef Peer **peers
@@ -1462,9 +1537,11 @@ cdef class Engine:
     # -- UDP -> TUN ----------------------------------------------------------------------
 
     cdef void on_datagram(self, uint8_t *pkt, Py_ssize_t n, const sockaddr_storage *src,
-                          socklen_t alen, uint8_t *out, int64_t now_s, double mono) noexcept nogil:
-        """One received datagram: drop it with a reason, hand it up, or write it to the TUN.
-        `out` has HEADROOM bytes in front of where the plaintext goes."""
+                          socklen_t alen, uint8_t *out, Coal *co, int64_t now_s,
+                          double mono) noexcept nogil:
+        """One received datagram: drop it with a reason, hand it up, or deliver it to the
+        TUN (through `co` when the TUN has a virtio header). `out` has HEADROOM bytes in
+        front of where the plaintext goes."""
         cdef uint8_t ad[AD_LEN]
         cdef const uint8_t *adp = ad
         cdef int adl = AD_LEN
@@ -1538,16 +1615,99 @@ cdef class Engine:
             p.endpoint_len = alen
             pthread_mutex_unlock(&p.lock)
             self.emit(EV_ENDPOINT, 0, cid, src, alen, NULL, 0)
-        if self.offload & OFF_VNET:
-            memset(plain - VNET_LEN, 0, VNET_LEN)   # no GSO, checksums complete
-        elif self.frame_prefix:
+        if co != NULL:
+            self.deliver(co, plain, body)
+            return
+        if self.frame_prefix:
             put32(plain - 4, 2 if (plain[0] >> 4) == 4 else 28)   # FreeBSD: AF_INET / AF_INET6
-        while write(self.tun_fd, plain - self.frame_prefix, body + self.frame_prefix) < 0:
+        self.write_tun(plain - self.frame_prefix, body + self.frame_prefix)
+
+    cdef int write_tun(self, const uint8_t *frame, Py_ssize_t n) noexcept nogil:
+        while write(self.tun_fd, frame, n) < 0:
             if errno == EAGAIN:
                 if not self.wait(self.tun_fd, POLLOUT):
-                    break
+                    return 0
             elif errno != EINTR:
-                break
+                return 0
+        return 1
+
+    cdef void deliver(self, Coal *co, uint8_t *plain, Py_ssize_t body) noexcept nogil:
+        """With a virtio header: add the packet to the pending super-packet, or flush that
+        and start a new one, or write the packet as it is."""
+        cdef int l3 = 0, hl = 0
+        cdef Py_ssize_t payload
+        cdef uint8_t *tcp
+        cdef int ok = not self.no_coalesce and coalescable(plain, body, &l3, &hl)
+        if ok:
+            payload = body - hl
+            tcp = plain + l3
+            if co.len and same_flow(co, plain, l3, hl) and payload <= co.mss and \
+                    co.len + payload <= 65535:
+                memcpy(co.buf + HEADROOM + co.len, plain + hl, payload)
+                co.len += payload
+                co.nseg += 1
+                co.next_seq += <uint32_t>payload
+                if tcp[13] & 0x08 or payload < co.mss:   # PSH, or a short last segment
+                    co.buf[HEADROOM + co.l3 + 13] |= tcp[13] & 0x08
+                    self.flush_coal(co)
+                return
+            self.flush_coal(co)
+            if not tcp[13] & 0x08:
+                memcpy(co.buf + HEADROOM, plain, body)
+                co.len, co.version, co.l3, co.hl, co.nseg = body, plain[0] >> 4, l3, hl, 1
+                co.mss = payload
+                co.next_seq = ((tcp[4] << 24) | (tcp[5] << 16) | (tcp[6] << 8) | tcp[7]) + \
+                              <uint32_t>payload
+                return
+        else:
+            self.flush_coal(co)
+        memset(plain - VNET_LEN, 0, VNET_LEN)   # no GSO, checksums complete
+        self.write_tun(plain - VNET_LEN, body + VNET_LEN)
+
+    cdef void flush_coal(self, Coal *co) noexcept nogil:
+        cdef uint8_t *p = co.buf + HEADROOM
+        cdef VnetHdr vh
+        cdef uint8_t pseudo[40]
+        cdef uint64_t sum
+        cdef uint16_t folded
+        if co.len == 0:
+            return
+        memset(&vh, 0, sizeof(VnetHdr))
+        if co.nseg > 1:
+            # Lengths for the whole; the TCP checksum field holds the pseudo-header sum
+            # (not inverted), as for any packet whose checksum is left to the device.
+            if co.version == 4:
+                put16(p + 2, <uint32_t>co.len)
+                p[10] = p[11] = 0
+                csum_store(p + 10, csum_add(0, p, co.l3))
+                memcpy(pseudo, p + 12, 8)
+                pseudo[8], pseudo[9] = 0, 6
+                put16(pseudo + 10, <uint32_t>(co.len - co.l3))
+                sum = csum_add(0, pseudo, 12)
+            else:
+                put16(p + 4, <uint32_t>(co.len - 40))
+                memcpy(pseudo, p + 8, 32)
+                put32(pseudo + 32, <uint32_t>(co.len - 40))
+                pseudo[36] = pseudo[37] = pseudo[38] = 0
+                pseudo[39] = 6
+                sum = csum_add(0, pseudo, 40)
+            while sum >> 16:
+                sum = (sum & 0xFFFF) + (sum >> 16)
+            folded = <uint16_t>sum
+            memcpy(p + co.l3 + 16, &folded, 2)
+            vh.flags = VNET_F_NEEDS_CSUM
+            vh.gso_type = VNET_GSO_TCPV4 if co.version == 4 else VNET_GSO_TCPV6
+            vh.hdr_len = <uint16_t>co.hl
+            vh.gso_size = <uint16_t>co.mss
+            vh.csum_start = <uint16_t>co.l3
+            vh.csum_offset = 16
+            self.coalesced_packets += 1
+            self.coalesced_segments += co.nseg
+        memcpy(p - VNET_LEN, &vh, VNET_LEN)
+        if not self.write_tun(p - VNET_LEN, co.len + VNET_LEN) and co.nseg > 1 \
+                and errno == EINVAL:
+            self.no_coalesce = True   # this kernel will not take them; TCP resends the lost
+        co.len = 0
 
     cdef void udp_loop(self) noexcept nogil:
         # With UDP GRO a slot may fill up to 64 KB: fewer slots keep the memory touched
@@ -1555,6 +1715,8 @@ cdef class Engine:
         cdef int nmsg = RX_GRO_MSGS if self.offload & OFF_GRO else BATCH
         cdef uint8_t *inbufs = <uint8_t *>malloc(<size_t>nmsg * SLOT)
         cdef uint8_t *out = <uint8_t *>malloc(SLOT + HEADROOM)
+        cdef Coal coal
+        cdef Coal *co = NULL
         cdef mmsghdr msgs[BATCH]
         cdef iovec iovs[BATCH]
         cdef sockaddr_storage srcs[BATCH]
@@ -1565,9 +1727,14 @@ cdef class Engine:
         cdef int64_t now_s
         cdef double mono
         cdef cmsghdr *c
-        if inbufs == NULL or out == NULL:
+        memset(&coal, 0, sizeof(Coal))
+        if self.offload & OFF_VNET:
+            coal.buf = <uint8_t *>malloc(HEADROOM + 65535)
+            co = &coal
+        if inbufs == NULL or out == NULL or (co != NULL and coal.buf == NULL):
             free(inbufs)
             free(out)
+            free(coal.buf)
             return
         while self.wait(self.sock_fd, POLLIN):
             for i in range(nmsg):
@@ -1609,9 +1776,12 @@ cdef class Engine:
                 off = 0
                 while True:
                     self.on_datagram(base + off, min(seg, n - off), &srcs[i],
-                                     msgs[i].msg_hdr.msg_namelen, out, now_s, mono)
+                                     msgs[i].msg_hdr.msg_namelen, out, co, now_s, mono)
                     off += seg
                     if off >= n:
                         break
+            if co != NULL:
+                self.flush_coal(co)   # nothing waits past its receive batch
         free(inbufs)
         free(out)
+        free(coal.buf)

@@ -89,7 +89,9 @@ class NativePath:
         return {"in_use": self.offloads_in_use(),
                 "tso_packets": e.tso_packets, "tso_segments": e.tso_segments,
                 "gso_sends": e.gso_sends,
-                "gro_messages": e.gro_messages, "gro_datagrams": e.gro_datagrams}
+                "gro_messages": e.gro_messages, "gro_datagrams": e.gro_datagrams,
+                "coalesced_packets": e.coalesced_packets,
+                "coalesced_segments": e.coalesced_segments}
 
     def start(self) -> None:
         self.threads = [threading.Thread(target=run, name=name, daemon=True) for name, run in
