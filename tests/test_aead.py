@@ -116,6 +116,28 @@ def test_native_equals_reference_and_round_trips(key, m, body):
     assert ref.open(packet, ts) == body
 
 
+# Every tail shape of S2V (1-15 bytes, whole blocks, D across two blocks) and the native
+# core's 2048-byte work chunks, with the same key used over and over (its CBC chain
+# carries on from packet to packet).
+EDGE_SIZES = [*range(1, 50), 63, 64, 65, 2031, 2032, 2033, 2047, 2048, 2049, 2064, 2065,
+              4096, 4113, 6150, wire.MAX_BODY]
+
+
+def test_native_equals_reference_at_edge_sizes():
+    key = bytes(range(64))
+    native = context_class("native")(key, 3, 9)
+    ref = aead.ReferenceSivContext(key, 3, 9)
+    for i, n in enumerate(EDGE_SIZES * 2):
+        body = bytes((i + j * 7) & 0xFF for j in range(n))
+        packet = native.seal(1, 1000 + i, i, body)
+        assert packet == ref.seal(1, 1000 + i, i, body), n
+        assert native.open(packet, 1000 + i) == body
+        bad = bytearray(packet)
+        bad[-1] ^= 1
+        assert native.open(bytes(bad), 1000 + i) is None
+        assert native.open(packet, 1000 + i) == body  # a failed open leaves the key usable
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_size_limits(path):
     ctx = context_class(path)(bytes(64), 1, 0)

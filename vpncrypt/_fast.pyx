@@ -4,14 +4,14 @@
 Produces byte-identical packets to the reference path in protocol/aead.py (pinned
 by tests/vectors/). The crypto runs with the GIL released.
 
-SIV is composed here from its two RFC 5297 halves, S2V over EVP's CMAC and AES-CTR,
-rather than through OpenSSL's AES-SIV cipher: that cipher cannot be re-initialised
-without its key on OpenSSL 3.0, so each packet had to copy a keyed template context
-(allocations and a CMAC context rebuild, ~18% of a loop thread's time). A CMAC
-context restarts with its key kept (EVP_MAC_init with no key) and a CTR context takes
-a new IV alone, so each key keeps one of each for good. S2V's first step, CMAC of the
-zero block, depends on the key only and is computed once. Tags are compared with
-CRYPTO_memcmp (constant time). RFC 5297's vectors and the reference path pin the
+SIV is composed here from its RFC 5297 parts (S2V over CMAC, then CTR) on two keyed
+AES contexts per key that are never re-initialised, rather than through OpenSSL's
+AES-SIV cipher: that cipher cannot be re-initialised without its key on OpenSSL 3.0, so
+each packet had to copy a keyed template context (allocations and a CMAC context
+rebuild, ~18% of a loop thread's time), and even re-initialising a CMAC or CTR context
+costs more than a small packet's AES work (see the section below). S2V's first step
+and the CMAC subkeys depend on the key only and are computed once. Tags are compared
+with CRYPTO_memcmp (constant time). RFC 5297's vectors and the reference path pin the
 result (tests/test_aead.py).
 """
 
@@ -30,12 +30,6 @@ cdef extern from "openssl/evp.h" nogil:
         pass
     ctypedef struct OSSL_LIB_CTX:
         pass
-    ctypedef struct OSSL_PARAM:
-        pass
-    ctypedef struct EVP_MAC:
-        pass
-    ctypedef struct EVP_MAC_CTX:
-        pass
     EVP_CIPHER_CTX *EVP_CIPHER_CTX_new()
     void EVP_CIPHER_CTX_free(EVP_CIPHER_CTX *ctx)
     EVP_CIPHER *EVP_CIPHER_fetch(OSSL_LIB_CTX *ctx, const char *algorithm,
@@ -44,17 +38,7 @@ cdef extern from "openssl/evp.h" nogil:
                            const unsigned char *key, const unsigned char *iv)
     int EVP_EncryptUpdate(EVP_CIPHER_CTX *ctx, unsigned char *out, int *outl,
                           const unsigned char *inp, int inl)
-    EVP_MAC *EVP_MAC_fetch(OSSL_LIB_CTX *ctx, const char *algorithm, const char *properties)
-    EVP_MAC_CTX *EVP_MAC_CTX_new(EVP_MAC *mac)
-    void EVP_MAC_CTX_free(EVP_MAC_CTX *ctx)
-    int EVP_MAC_init(EVP_MAC_CTX *ctx, const unsigned char *key, size_t keylen,
-                     const OSSL_PARAM *params)
-    int EVP_MAC_update(EVP_MAC_CTX *ctx, const unsigned char *data, size_t datalen)
-    int EVP_MAC_final(EVP_MAC_CTX *ctx, unsigned char *out, size_t *outl, size_t outsize)
-
-cdef extern from "openssl/params.h" nogil:
-    OSSL_PARAM OSSL_PARAM_construct_utf8_string(const char *key, char *buf, size_t bsize)
-    OSSL_PARAM OSSL_PARAM_construct_end()
+    int EVP_CIPHER_CTX_set_padding(EVP_CIPHER_CTX *ctx, int pad)
 
 cdef extern from "openssl/crypto.h" nogil:
     const char *OpenSSL_version(int t)
@@ -78,16 +62,15 @@ DEF MAX_DATAGRAM = 65507
 
 PATH = "native"
 
-cdef EVP_MAC *CMAC = EVP_MAC_fetch(NULL, b"CMAC", NULL)
-# By SIV key size (32/48/64 bytes): the CMAC cipher and the CTR cipher of each half.
-cdef const char *CBC_NAMES[3]
-CBC_NAMES[:] = [b"AES-128-CBC", b"AES-192-CBC", b"AES-256-CBC"]
-cdef EVP_CIPHER *CTR[3]
-CTR[:] = [EVP_CIPHER_fetch(NULL, b"AES-128-CTR", NULL),
-          EVP_CIPHER_fetch(NULL, b"AES-192-CTR", NULL),
-          EVP_CIPHER_fetch(NULL, b"AES-256-CTR", NULL)]
-if CMAC == NULL or CTR[0] == NULL or CTR[1] == NULL or CTR[2] == NULL:
-    raise ImportError("OpenSSL libcrypto lacks CMAC or AES-CTR (need OpenSSL >= 3.0)")
+# By SIV key size (32/48/64 bytes): AES-CBC for CMAC, AES-ECB for CTR, over each half.
+cdef EVP_CIPHER *CBC[3]
+cdef EVP_CIPHER *ECB[3]
+cdef int _i
+for _i, _bits in enumerate((b"128", b"192", b"256")):
+    CBC[_i] = EVP_CIPHER_fetch(NULL, b"AES-" + _bits + b"-CBC", NULL)
+    ECB[_i] = EVP_CIPHER_fetch(NULL, b"AES-" + _bits + b"-ECB", NULL)
+    if CBC[_i] == NULL or ECB[_i] == NULL:
+        raise ImportError("OpenSSL libcrypto lacks AES-CBC or AES-ECB (need OpenSSL >= 3.0)")
 
 
 def openssl_version():
@@ -124,10 +107,22 @@ cdef inline void build_ad(uint8_t *ad, const uint8_t *hdr, uint32_t server_id,
 
 
 # ---- AES-SIV (RFC 5297) from CMAC and CTR ----------------------------------------------------
+#
+# OpenSSL 3.0 spends most of a small packet's time in context (re)initialisation and
+# parameter lookups (EVP_MAC_init, setting a CTR IV), so no context is ever re-initialised:
+# CMAC runs on an AES-CBC context whose chain simply continues from one message to the
+# next (the first block of each message is xored with the previous last block, which
+# makes the effective IV zero), and CTR's keystream comes from an AES-ECB context over
+# counter blocks we write. Each packet costs a few EVP_EncryptUpdate calls and nothing else.
+
+DEF CHUNK = 2048   # stack scratch for CBC output and CTR keystream
 
 cdef struct Siv:
-    EVP_MAC_CTX *mac        # CMAC keyed with K1, the key's first half
-    EVP_CIPHER_CTX *ctr     # AES-CTR keyed with K2, the second half
+    EVP_CIPHER_CTX *cbc     # AES-CBC keyed with K1 (the key's first half): CMAC's chain
+    EVP_CIPHER_CTX *ecb     # AES-ECB keyed with K2 (second half): CTR's keystream
+    uint8_t chain[16]       # the CBC context's IV now: its last output block
+    uint8_t sub1[16]        # the CMAC subkeys K1 and K2 of RFC 4493
+    uint8_t sub2[16]
     uint8_t zero_mac[16]    # CMAC(K1, 16 zero bytes): S2V's first step
     pthread_mutex_t lock    # a loop thread and Python callers may share a key
 
@@ -147,80 +142,158 @@ cdef inline void dbl(uint8_t *d) noexcept nogil:
     d[15] = <uint8_t>((d[15] << 1) ^ ((-carry) & 0x87))
 
 
-cdef int cmac(Siv *s, const uint8_t *a, size_t an, const uint8_t *b, size_t bn,
-              uint8_t *out) noexcept nogil:
-    """CMAC(K1, a || b) into out (16 bytes); the context restarts with its key kept."""
-    cdef size_t outl = 0
-    if EVP_MAC_init(s.mac, NULL, 0, NULL) != 1:
-        return 0
-    if an and EVP_MAC_update(s.mac, a, an) != 1:
-        return 0
-    if bn and EVP_MAC_update(s.mac, b, bn) != 1:
-        return 0
-    return EVP_MAC_final(s.mac, out, &outl, 16) == 1 and outl == 16
+cdef int cbc(Siv *s, const uint8_t *src, size_t n, uint8_t *last) noexcept nogil:
+    """CBC-encrypt n bytes (a multiple of 16, > 0) on from the chain; last = the final block."""
+    cdef uint8_t scratch[CHUNK]
+    cdef int outl = 0
+    cdef size_t k = 0
+    cdef uint8_t zero[16]
+    while n:
+        k = n if n < CHUNK else CHUNK
+        if EVP_EncryptUpdate(s.cbc, scratch, &outl, src, <int>k) != 1 or outl != <int>k:
+            # Put the context and our copy of its chain back in step (never seen to happen).
+            memset(zero, 0, 16)
+            memset(s.chain, 0, 16)
+            EVP_EncryptInit_ex(s.cbc, NULL, NULL, NULL, zero)
+            return 0
+        src += k
+        n -= k
+    memcpy(last, scratch + k - 16, 16)
+    memcpy(s.chain, last, 16)
+    return 1
+
+
+cdef int cmac_msg(Siv *s, const uint8_t *head, size_t head_len, uint8_t *tail, int tail_len,
+                  uint8_t *out) noexcept nogil:
+    """CMAC(K1, head || tail): head_len a multiple of 16, tail 0..32 bytes in a writable
+    buffer of at least 32 bytes (padded and xored with a subkey here)."""
+    cdef uint8_t first[16]
+    cdef int nb
+    if tail_len == 0 or tail_len % 16:
+        nb = (tail_len + 16) // 16 if tail_len % 16 else 1
+        tail[tail_len] = 0x80
+        memset(tail + tail_len + 1, 0, nb * 16 - tail_len - 1)
+        xor16(tail + (nb - 1) * 16, s.sub2)
+    else:
+        nb = tail_len // 16
+        xor16(tail + (nb - 1) * 16, s.sub1)
+    if head_len:
+        memcpy(first, head, 16)
+        xor16(first, s.chain)
+        if not cbc(s, first, 16, out):
+            return 0
+        if head_len > 16 and not cbc(s, head + 16, head_len - 16, out):
+            return 0
+    else:
+        xor16(tail, s.chain)
+    return cbc(s, tail, <size_t>nb * 16, out)
+
+
+cdef int cmac(Siv *s, const uint8_t *a, size_t an, uint8_t *out) noexcept nogil:
+    cdef uint8_t t[48]
+    cdef size_t head = ((an - 1) // 16) * 16 if an else 0
+    memcpy(t, a + head, an - head)
+    return cmac_msg(s, a, head, t, <int>(an - head), out)
 
 
 cdef int s2v(Siv *s, const uint8_t **ads, const int *adl, int nad, const uint8_t *p, int n,
              uint8_t *v) noexcept nogil:
     """RFC 5297 S2V over the associated data strings and the plaintext (n >= 1)."""
     cdef uint8_t d[16]
-    cdef uint8_t t[16]
-    cdef int i
+    cdef uint8_t t[48]
+    cdef int i, head
     memcpy(d, s.zero_mac, 16)
     for i in range(nad):
         dbl(d)
-        if not cmac(s, ads[i], adl[i], NULL, 0, t):
+        if not cmac(s, ads[i], adl[i], t):
             return 0
         xor16(d, t)
-    if n >= 16:  # T = P xorend D: the last block only
-        memcpy(t, p + n - 16, 16)
-        xor16(t, d)
-        return cmac(s, p, n - 16, t, 16, v)
+    if n >= 16:  # T = P xorend D: D lands in the last 16 bytes, within the last two blocks
+        head = ((n - 16) // 16) * 16
+        memcpy(t, p + head, n - head)
+        xor16(t + n - head - 16, d)
+        return cmac_msg(s, p, head, t, n - head, v)
     dbl(d)
     memset(t, 0, 16)
     memcpy(t, p, n)
     t[n] = 0x80
     xor16(t, d)
-    return cmac(s, t, 16, NULL, 0, v)
+    return cmac_msg(s, NULL, 0, t, 16, v)
+
+
+cdef inline uint64_t get64(const uint8_t *p) noexcept nogil:
+    return (<uint64_t>p[0] << 56) | (<uint64_t>p[1] << 48) | (<uint64_t>p[2] << 40) | \
+           (<uint64_t>p[3] << 32) | (<uint64_t>p[4] << 24) | (<uint64_t>p[5] << 16) | \
+           (<uint64_t>p[6] << 8) | <uint64_t>p[7]
 
 
 cdef int ctr(Siv *s, const uint8_t *v, const uint8_t *src, int n, uint8_t *dst) noexcept nogil:
-    """AES-CTR from the synthetic IV with its two 31st bits cleared (RFC 5297 2.6)."""
+    """AES-CTR from the synthetic IV with its two 31st bits cleared (RFC 5297 2.6), the
+    128-bit counter big-endian; dst may be src."""
+    cdef uint8_t ks[CHUNK]
     cdef uint8_t q[16]
-    cdef int outl = 0
+    cdef uint64_t hi, lo, w, x
+    cdef int off = 0, k, nb, j, outl = 0
     memcpy(q, v, 16)
     q[8] &= 0x7F
     q[12] &= 0x7F
-    if EVP_EncryptInit_ex(s.ctr, NULL, NULL, NULL, q) != 1:
-        return 0
-    return EVP_EncryptUpdate(s.ctr, dst, &outl, src, n) == 1 and outl == n
+    hi, lo = get64(q), get64(q + 8)
+    while off < n:
+        k = min(CHUNK, n - off)
+        nb = (k + 15) // 16
+        for j in range(nb):
+            put64(ks + 16 * j, hi)
+            put64(ks + 16 * j + 8, lo)
+            lo += 1
+            hi += lo == 0
+        if EVP_EncryptUpdate(s.ecb, ks, &outl, ks, nb * 16) != 1 or outl != nb * 16:
+            return 0
+        j = 0
+        while j + 8 <= k:
+            memcpy(&w, src + off + j, 8)
+            memcpy(&x, ks + j, 8)
+            w ^= x
+            memcpy(dst + off + j, &w, 8)
+            j += 8
+        while j < k:
+            dst[off + j] = src[off + j] ^ ks[j]
+            j += 1
+        off += k
+    return 1
 
 
 cdef int siv_init(Siv *s, const uint8_t *key, int keylen) noexcept nogil:
     """Key a zeroed Siv (keylen 32, 48 or 64); 0 on failure (siv_free cleans up)."""
     cdef int half = keylen // 2, which = keylen // 16 - 2
-    cdef OSSL_PARAM params[2]
     cdef uint8_t zero[16]
-    pthread_mutex_init(&s.lock, NULL)
-    s.mac = EVP_MAC_CTX_new(CMAC)
-    s.ctr = EVP_CIPHER_CTX_new()
-    if s.mac == NULL or s.ctr == NULL:
-        return 0
-    params[0] = OSSL_PARAM_construct_utf8_string(b"cipher", <char *>CBC_NAMES[which], 0)
-    params[1] = OSSL_PARAM_construct_end()
-    if EVP_MAC_init(s.mac, key, half, params) != 1:
-        return 0
-    if EVP_EncryptInit_ex(s.ctr, CTR[which], NULL, key + half, NULL) != 1:
-        return 0
+    cdef uint8_t t[48]
     memset(zero, 0, 16)
-    return cmac(s, zero, 16, NULL, 0, s.zero_mac)
+    pthread_mutex_init(&s.lock, NULL)
+    s.cbc = EVP_CIPHER_CTX_new()
+    s.ecb = EVP_CIPHER_CTX_new()
+    if s.cbc == NULL or s.ecb == NULL:
+        return 0
+    if EVP_EncryptInit_ex(s.cbc, CBC[which], NULL, key, zero) != 1 or \
+            EVP_CIPHER_CTX_set_padding(s.cbc, 0) != 1:
+        return 0
+    if EVP_EncryptInit_ex(s.ecb, ECB[which], NULL, key + half, NULL) != 1 or \
+            EVP_CIPHER_CTX_set_padding(s.ecb, 0) != 1:
+        return 0
+    memset(s.chain, 0, 16)
+    if not cbc(s, zero, 16, s.sub1):   # L = AES(K1, 0); K1 = dbl(L), K2 = dbl(K1)
+        return 0
+    dbl(s.sub1)
+    memcpy(s.sub2, s.sub1, 16)
+    dbl(s.sub2)
+    memset(t, 0, 16)
+    return cmac_msg(s, NULL, 0, t, 16, s.zero_mac)
 
 
 cdef void siv_free(Siv *s) noexcept nogil:
-    EVP_MAC_CTX_free(s.mac)
-    EVP_CIPHER_CTX_free(s.ctr)
+    EVP_CIPHER_CTX_free(s.cbc)
+    EVP_CIPHER_CTX_free(s.ecb)
     pthread_mutex_destroy(&s.lock)
-    memset(s, 0, sizeof(Siv))
+    memset(s, 0, sizeof(Siv))   # no key-derived bytes left behind
 
 
 cdef int siv_seal(Siv *s, const uint8_t **ads, const int *adl, int nad, const uint8_t *body,
@@ -259,7 +332,7 @@ def rfc5297(bint encrypt, bytes key, list ads, bytes data):
     memset(&siv, 0, sizeof(Siv))
     try:
         if not siv_init(&siv, <const uint8_t *>PyBytes_AS_STRING(key), len(key)):
-            raise RuntimeError("OpenSSL CMAC/AES-CTR set-up failed")
+            raise RuntimeError("OpenSSL AES-CBC/ECB set-up failed")
         for i in range(len(ads)):
             adp[i] = <const uint8_t *>PyBytes_AS_STRING(ads[i])
             adl[i] = len(ads[i])
@@ -313,10 +386,10 @@ cdef class SivContext:
             raise ValueError("client id must fit 16 bits")
         self.client_id = client_id
         self.server_id = server_id
-        if self.siv.mac != NULL:
+        if self.siv.cbc != NULL:
             siv_free(&self.siv)
         if not siv_init(&self.siv, <const uint8_t *>PyBytes_AS_STRING(key), 64):
-            raise RuntimeError("OpenSSL CMAC/AES-256-CTR set-up failed")
+            raise RuntimeError("OpenSSL AES-256-CBC/ECB set-up failed")
 
     def __dealloc__(self):
         siv_free(&self.siv)
@@ -1442,7 +1515,7 @@ cdef class Engine:
         nseg = <int>((payload + mss - 1) // mss) if payload else 1
         per = 1
         if self.offload & OFF_GSO:
-            per = <int>min(GSO_MAX_SEGS, GSO_MAX_BYTES // full)
+            per = <int>max(1, min(GSO_MAX_SEGS, GSO_MAX_BYTES // full))
         seq0 = (pkt[l3 + 4] << 24) | (pkt[l3 + 5] << 16) | (pkt[l3 + 6] << 8) | pkt[l3 + 7]
         id0 = (pkt[4] << 8) | pkt[5]
         for i in range(nseg):
