@@ -139,6 +139,7 @@ def capture_client_packets(vpn, tmp_path, traffic, index: int = 0) -> list[bytes
     client->server UDP payloads (genuine, sealed packets)."""
     from pcap import udp_payloads
 
+    vpn.segment_on_the_wire(index + 1)
     path = os.path.join(str(tmp_path), f"genuine{index}.pcap")
     dump = vpn.server_host.popen(["tcpdump", "-n", "-U", "-i", vpn.links[index][0], "-w", path,
                                   "udp port 51900"], stderr=subprocess.PIPE, text=True)

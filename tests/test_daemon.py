@@ -182,6 +182,7 @@ def test_replayed_packets_never_reach_the_other_side(netns_factory, tmp_path, lo
     vpn = Deployment(netns_factory, tmp_path, keepalive=0, loop=loop).start()
     client = vpn.client_host()
     vpn.wait_ping(client, SERVER_TUN4)
+    vpn.segment_on_the_wire()
     pcap_path = str(tmp_path / "tunnel.pcap")
     dump = vpn.server_host.popen(["tcpdump", "-n", "-U", "-i", vpn.links[0][0], "-w", pcap_path,
                                   "udp port 51900"], stderr=subprocess.PIPE, text=True)
@@ -299,17 +300,9 @@ def test_daemons_drop_root_after_set_up(netns_factory, tmp_path):
 
 def capture_tunnel(vpn, tmp_path, traffic):
     """Run `traffic()` while capturing the server's underlay; return client->server payloads."""
-    from pcap import udp_payloads
+    from hostile import capture_client_packets
 
-    pcap_path = str(tmp_path / "tunnel.pcap")
-    dump = vpn.server_host.popen(["tcpdump", "-n", "-U", "-i", vpn.links[0][0], "-w", pcap_path,
-                                  "udp port 51900"], stderr=subprocess.PIPE, text=True)
-    assert "listening on" in dump.stderr.readline()
-    traffic()
-    time.sleep(0.5)
-    dump.send_signal(signal.SIGINT)
-    dump.wait(10)
-    return [p[4] for p in udp_payloads(pcap_path) if p[3] == 51900]
+    return capture_client_packets(vpn, tmp_path, traffic)
 
 
 @LOOPS

@@ -174,6 +174,17 @@ class Deployment:
             self.start_client(i)
         return self
 
+    def segment_on_the_wire(self, i: int = 1) -> None:
+        """Make link i segment UDP GSO sends before the wire, as a NIC does.
+
+        veth carries a GSO super-datagram (one send of many sealed packets, the native
+        loop's offload) across whole, so a capture there would see one big datagram where
+        an on-path attacker sees the packets; tests that capture and replay call this.
+        """
+        for host, name in ((self.server_host, self.links[i - 1][0]),
+                           (self.client_hosts[i - 1], self.links[i - 1][1])):
+            host.run(["ethtool", "-K", name, "tx-udp-segmentation", "off"])
+
     def client_host(self, i: int = 1):
         return self.client_hosts[i - 1]
 
