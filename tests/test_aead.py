@@ -72,6 +72,28 @@ def test_hkdf_rfc5869_case1():
     )
 
 
+def test_hmac_and_hkdf_agree_with_the_standard_library():
+    import hashlib
+    import hmac
+    import random
+
+    rng = random.Random(5869)
+    for n in list(range(0, 140)) + [1000]:
+        key = rng.randbytes(n)
+        msg = rng.randbytes(rng.randint(0, 200))
+        assert keys._hmac(keys._hmac_key(key), msg) == hmac.digest(key, msg, "sha256")
+    for salt in (keys.SALT, b"", b"other salt", bytes(100)):
+        ikm, info = rng.randbytes(32), rng.randbytes(rng.randint(0, 40))
+        for length in (1, 32, 42, 64, 65, 200):
+            prk = hmac.new(salt, ikm, hashlib.sha256).digest()
+            okm, block, i = b"", b"", 0
+            while len(okm) < length:  # RFC 5869, written out
+                i += 1
+                block = hmac.new(prk, block + info + bytes([i]), hashlib.sha256).digest()
+                okm += block
+            assert keys.hkdf_sha256(ikm, salt, info, length) == okm[:length]
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("vec", VECTORS, ids=[v["name"] for v in VECTORS])
 def test_packet_vectors(path, vec):

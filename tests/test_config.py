@@ -834,3 +834,108 @@ def test_key_file_config_may_be_world_readable(tmp_path):
     text = "[client]\nid = 1\nserver = 192.0.2.1:51900\nkey_file = laptop.key\n" \
            "interface = vpn0\naddress = 10.77.0.2/24\n"
     assert load(str(write_conf(tmp_path, text, mode=0o644))).id == 1
+
+
+# --------------------------------------------------------------------------- fast paths
+# config reads a file with its own walk of configparser's algorithm and builds the usual
+# networks without ipaddress's parser (start-up with thousands of clients). Both must
+# give exactly what configparser and ipaddress give, and leave every refusal to them.
+
+_INI_PIECES = [
+    "[server]", "[client a]", "[client  b ]", "[client a]", "[server] junk", "[]", "[x",
+    " [client c]", "[a]b]", "key = v", "KEY=v", "key =", "= v", " = v", "key : v", "key",
+    "key = v ; c", "key = v;c", "key = v #c", "key = a=b", "k.e-y_1 = x  ", "\tkey = v",
+    "  key = v", "      continued", "\tcontinued", "# comment", "; comment", "   # c",
+    "", "   ", "\t", "Ключ = ü", "key\x0b= v", "\x1ckey = v", "key = v\x85", "İ = x",
+    "allowed_ips = 10.0.0.1/32,", "  fd00::1/128", "id = 1", "[client \u2028x]",
+]
+
+
+def _configparser_sections(text):
+    cp = config._new_parser()
+    try:
+        cp.read_string(text, source="t")
+    except Exception as e:  # noqa: BLE001  (any refusal: the fast walk must refuse too)
+        return type(e)
+    return {h: dict(cp[h]) for h in cp.sections()}
+
+
+def _assert_walk_agrees(text):
+    ctx = config._Context("t", text)
+    expected = _configparser_sections(text)
+    if isinstance(expected, dict):
+        assert ctx.sections == expected, repr(text)
+        assert list(ctx.sections) == list(expected), repr(text)
+        for header, options in expected.items():
+            assert list(ctx.sections[header]) == list(options), repr(text)
+    else:
+        assert ctx.sections is None, (repr(text), expected)
+
+
+def test_line_walk_agrees_with_configparser_on_random_files():
+    rng = random.Random(20261125)
+    for _ in range(4000):
+        lines = [rng.choice(_INI_PIECES) for _ in range(rng.randint(0, 9))]
+        if rng.random() < 0.7:
+            lines.insert(0, rng.choice(("[server]", "[client a]")))
+        _assert_walk_agrees("\n".join(lines) + rng.choice(("", "\n", "\n\n")))
+
+
+def test_line_walk_agrees_with_configparser_on_the_examples():
+    for text in (HEAD + laptop() + phone(), HEAD, "[server]\n  a = 1\n   b\n  c = 2\n",
+                 "[server]\na = 1\n\n  b\n", "[server]\na = x\n b ; y\n\n# z\n"):
+        _assert_walk_agrees(text)
+
+
+def test_refused_files_still_get_configparsers_diagnosis():
+    # The walk only notices the refusal; the message and line come from configparser.
+    with pytest.raises(ConfigError) as e:
+        parse("[server]\nlisten = 0.0.0.0:1\nlisten = 0.0.0.0:2\n", "t.conf")
+    assert str(e.value) == "t.conf:3: [server] listen: duplicate key (first set at line 2)"
+    with pytest.raises(ConfigError) as e:
+        parse("[server]\nlisten: 0.0.0.0:1\n", "t.conf")
+    assert "t.conf:2: cannot parse this line" in str(e.value)
+
+
+_NET_PIECES = "0123456789abcdefABCDEF:./%-x "
+
+
+def test_fast_network_parse_agrees_with_ipaddress():
+    rng = random.Random(6)
+    items = [
+        "10.0.0.1/32", "10.0.0.0/8", "10.0.0.1/8", "0.0.0.0/0", "255.255.255.255/32",
+        "256.0.0.1/32", "01.2.3.4/32", "1.2.3.4/032", "1.2.3.4/33", "1.2.3.4/", "1.2.3/24",
+        "fd80::1/128", "fd80::/16", "fd80::1/64", "::/0", "::1/128", "::/129", "FD80::A/128",
+        "1:2:3:4:5:6:7:8/128", "1:2:3:4:5:6:7::/128", "::2:3:4:5:6:7:8/128",
+        "1:2:3:4::5:6:7:8/128", "1::2::3/128", ":1::/128", "1::2:/128", "12345::/16",
+        "::ffff:1.2.3.4/128", "fe80::1%eth0/128", "fd80::1/0128", "10.0.0.1/32 ",
+        "\u0661.2.3.4/32", "1.2.3.4/\u0663\u0662",
+    ]
+    for _ in range(20000):
+        n = rng.randint(1, 16)
+        if rng.random() < 0.5:
+            body = ":".join(rng.choice(("", "0", "1", "ff", "abcd", "fffff", "1.2.3.4"))
+                            for _ in range(rng.randint(1, 10)))
+        else:
+            body = "".join(rng.choice(_NET_PIECES) for _ in range(n))
+        items.append(body + rng.choice(("", "/", "/0", "/32", "/64", "/128", "/129")))
+    for item in items:
+        try:
+            expected = ip_network(item, strict=True)
+        except ValueError as e:
+            with pytest.raises(type(e)) as got:
+                config._network(item)
+            assert str(got.value) == str(e), item
+        else:
+            net = config._network(item)
+            assert type(net) is type(expected) and net == expected, item
+            assert str(net) == str(expected), item
+            if net.num_addresses <= 4:
+                assert list(net.hosts()) == list(expected.hosts()), item
+
+
+def test_peer_has_no_instance_dict():
+    peer = parse(HEAD + laptop(), "s.conf").clients[0]
+    assert not hasattr(peer, "__dict__")
+    with pytest.raises(AttributeError):
+        peer.id = 9  # type: ignore[misc]
