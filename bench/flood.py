@@ -13,22 +13,38 @@ fast as it goes, of these kinds (weights as in the integration test):
   client captured beforehand and replayed (never its time-sync requests, which carry
   no timestamp and may legitimately be answered).
 
-Runs, per packet loop (--loop native|python|both):
+Runs, per configuration (packet loop, --loop native|python|both; the daemons' kernel
+socket filter, --sockfilter on|off|both, off being VPNCRYPT_SOCKFILTER=off), each on a
+fresh deployment:
   1. unflooded: iperf3 -c <server tunnel address> -t S/2 (TCP, one stream, client -> server)
   2. flooded:   the flood runs for S seconds; iperf3 -t S-4 starts 2 s into it
+--runs N repeats that N times, configurations interleaved (round 1 of each, then round
+2, ...), so that the machine's other load falls on all of them alike.
 
-and reports, as a Markdown table (and JSON with --json): the legit throughput flooded
-and unflooded and their ratio (the goal is >= 50%), the flood's rate (packets/s sent,
-arrived on the server's veth, read by the daemon, dropped by the kernel at the full
-socket buffer), what the daemon counted as drops, by reason, and how many datagrams it
-read but did not count, its resident memory before and after (VmRSS) and its peak
-(VmHWM), its CPU time during the flood, and what the server sent to the flooder (must
-be nothing; counted by a capture on the flooder's link and on the flooder's socket).
+Reports, as Markdown (and JSON with --json, every run): per configuration the medians
+of the legit throughput flooded and unflooded and of their ratio (the goal is >= 50%),
+with every run's ratio; then, for the run with the median ratio of each configuration,
+the flood's rate (packets/s sent, arrived on the server's veth, dropped by the kernel's
+socket filter, dropped by the kernel at the full socket buffer, read by the daemon),
+what the daemon counted as drops, by reason, and how many datagrams it read but did not
+count, its resident memory before and after (VmRSS) and its peak (VmHWM), its CPU time
+during the flood, and what the server sent to the flooder (must be nothing; counted by
+a capture on the flooder's link and on the flooder's socket). The kernel's figures are
+the server namespace's Udp counters: RcvbufErrors, and InErrors less RcvbufErrors and
+InCsumErrors for the filter (the daemon never sees what the filter drops).
 
-    sudo .venv/bin/python bench/flood.py [--seconds 20] [--loop native] [--json FILE]
+CPUs. On one machine the flooder takes CPU time the system under test would have had
+against a remote attacker. --pin-flooder CPU runs it under `taskset -c CPU`; --pin-vpn
+CPUS pins everything else (both daemons, iperf3, tcpdump; the kernel's receive work for
+each sender runs on the sender's CPU on veth), so that attacker and defender do not
+share a core. Both unpinned by default; the header line says which were pinned.
 
-Needs root, iproute2, iperf3 and tcpdump. Namespaces and processes go away at the end.
-The machine's other load changes the numbers; run it on a quiet machine for figures.
+    sudo .venv/bin/python bench/flood.py [--seconds 20] [--loop native] [--runs 5]
+        [--sockfilter both] [--pin-flooder 1 --pin-vpn 0] [--json FILE]
+
+Needs root, iproute2, iperf3, tcpdump and taskset. Namespaces and processes go away at
+the end. The machine's other load changes the numbers a lot; run it on a quiet machine,
+and compare configurations of one run of the script only.
 """
 
 import argparse
@@ -38,6 +54,7 @@ import platform
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,7 +104,8 @@ def vmhwm_kb(pid: int) -> int:
         return int(re.search(r"^VmHWM:\s+(\d+) kB", f.read(), re.M).group(1))
 
 
-def run(loop: str, seconds: float, workdir: str) -> dict:
+def run(loop: str, seconds: float, workdir: str, sockfilter: bool = True,
+        pin_flooder: str | None = None, daemon_env: dict | None = None) -> dict:
     hosts = []
 
     def make():
@@ -98,6 +116,9 @@ def run(loop: str, seconds: float, workdir: str) -> dict:
     tmp = tempfile.mkdtemp(prefix=f"flood-{loop}-", dir=workdir)
     try:
         vpn = Deployment(make, tmp, keepalive=25, loop=loop)
+        if not sockfilter:
+            vpn.env["VPNCRYPT_SOCKFILTER"] = "off"
+        vpn.env.update(daemon_env or {})
         vpn.write("server.conf", vpn.server_text()
                   + f"\n[client ghost]\nid = {GHOST_ID}\nkey = {generate_key()}\n"
                     "allowed_ips = 10.201.0.200/32\n")
@@ -118,7 +139,8 @@ def run(loop: str, seconds: float, workdir: str) -> dict:
         rss0, cpu0 = vmrss_kb(pid), cpu_seconds(pid)
         flooder.start_capture(os.path.join(tmp, "to-flooder.pcap"))
         flood = flooder.flood(tmp, FLOOD_SERVER, PORT, seconds=seconds, max_packets=10**9,
-                              client_ids=[1, GHOST_ID], replays=replays, background=True)
+                              client_ids=[1, GHOST_ID], replays=replays, background=True,
+                              prefix=["taskset", "-c", pin_flooder] if pin_flooder else ())
         time.sleep(2)
         flooded = iperf(vpn, max(2, seconds - 4))
         report = flood_result(flood, seconds + 120)
@@ -135,13 +157,16 @@ def run(loop: str, seconds: float, workdir: str) -> dict:
         got = delta(drops(after), drops(before))
         read = snmp.get("InDatagrams", 0) - legit_rx
         return {
-            "loop": loop, "seconds": report["seconds"],
+            "loop": loop, "sockfilter": sockfilter, "pin_flooder": pin_flooder,
+            "daemon_env": daemon_env or {}, "seconds": report["seconds"],
             "unflooded_mbit": round(unflooded, 1), "flooded_mbit": round(flooded, 1),
             "ratio": round(flooded / unflooded, 3) if unflooded else None,
             "flood_sent": report["sent"], "flood_rate": report["rate"],
-            "by_kind": report["by_kind"],
+            "by_kind": report["by_kind"], "prescreened": report["prescreened"],
             "arrived_on_veth": link.get("rx_packets", 0),
             "read_by_daemon": read, "kernel_rcvbuf_drops": snmp.get("RcvbufErrors", 0),
+            "kernel_filter_drops": (snmp.get("InErrors", 0) - snmp.get("RcvbufErrors", 0)
+                                    - snmp.get("InCsumErrors", 0)),
             "drops": got, "uncounted": read - sum(got.values()),
             "rss_before_kb": rss0, "rss_after_kb": rss1, "hwm_kb": hwm,
             "daemon_cpu_s": round(cpu1 - cpu0, 2), "server_alive": alive,
@@ -153,8 +178,14 @@ def run(loop: str, seconds: float, workdir: str) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def label(r: dict) -> str:
+    return (f"{r['loop']} loop, filter {'on' if r['sockfilter'] else 'off'}"
+            + "".join(f", {k}={v}" for k, v in r["daemon_env"].items()))
+
+
 def markdown(results: list[dict]) -> str:
-    cols = [r["loop"] for r in results]
+    """The detail table: one column per run given."""
+    cols = [label(r) for r in results]
     rows = [
         ("legit TCP, unflooded (Mbit/s)", lambda r: f"{r['unflooded_mbit']:.1f}"),
         ("legit TCP, flooded (Mbit/s)", lambda r: f"{r['flooded_mbit']:.1f}"),
@@ -162,8 +193,11 @@ def markdown(results: list[dict]) -> str:
         ("flood sent (packets/s)", lambda r: f"{r['flood_rate']:,}"),
         ("frames on the server's veth (/s; large datagrams are several)",
          lambda r: f"{r['arrived_on_veth'] / r['seconds']:,.0f}"),
+        ("dropped by the kernel, socket filter (packets/s)",
+         lambda r: f"{r['kernel_filter_drops'] / r['seconds']:,.0f}"),
+        ("dropped by the kernel, socket buffer full (packets/s)",
+         lambda r: f"{r['kernel_rcvbuf_drops'] / r['seconds']:,.0f}"),
         ("read by the daemon (packets/s)", lambda r: f"{r['read_by_daemon'] / r['seconds']:,.0f}"),
-        ("dropped by the kernel, socket buffer full", lambda r: f"{r['kernel_rcvbuf_drops']:,}"),
         *[(f"drops: {reason}", (lambda reason: lambda r: f"{r['drops'].get(reason, 0):,}")(reason))
           for reason in sorted({k for r in results for k in r["drops"]})],
         ("read but not counted", lambda r: f"{r['uncounted']:,}"),
@@ -177,33 +211,95 @@ def markdown(results: list[dict]) -> str:
                    + (f" {r['to_flooder_captured']}" if r["to_flooder_captured"] else "")
                    + f", {r['to_flooder_received']} received"),
     ]
-    out = ["| | " + " | ".join(f"{c} loop" for c in cols) + " |",
-           "|---|" + "---:|" * len(cols)]
+    out = ["| | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     out += [f"| {name} | " + " | ".join(fmt(r) for r in results) + " |" for name, fmt in rows]
     return "\n".join(out)
+
+
+def summary(groups: dict) -> str:
+    """Medians per configuration, with every run's ratio."""
+    out = ["| configuration | runs | unflooded (Mbit/s) | flooded (Mbit/s) | flooded / unflooded "
+           "| flood sent (packets/s) | kernel drops, filter / full buffer (packets/s) "
+           "| every run's ratio |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for name, rs in groups.items():
+        med = statistics.median
+        out.append(
+            f"| {name} | {len(rs)} | {med(r['unflooded_mbit'] for r in rs):.1f} "
+            f"| {med(r['flooded_mbit'] for r in rs):.1f} | **{med(r['ratio'] for r in rs):.0%}** "
+            f"| {med(r['flood_rate'] for r in rs):,.0f} "
+            f"| {med(r['kernel_filter_drops'] / r['seconds'] for r in rs):,.0f} / "
+            f"{med(r['kernel_rcvbuf_drops'] / r['seconds'] for r in rs):,.0f} "
+            f"| {', '.join(format(r['ratio'], '.0%') for r in rs)} |")
+    return "\n".join(out)
+
+
+def median_run(rs: list[dict]) -> dict:
+    return sorted(rs, key=lambda r: r["ratio"])[(len(rs) - 1) // 2]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=20.0, help="flood duration (default 20)")
     ap.add_argument("--loop", choices=["native", "python", "both"], default="native")
+    ap.add_argument("--sockfilter", choices=["on", "off", "both"], default="on",
+                    help="the daemons' kernel socket filter (off: VPNCRYPT_SOCKFILTER=off)")
+    ap.add_argument("--runs", type=int, default=1,
+                    help="runs per configuration, interleaved; the tables show medians")
+    ap.add_argument("--pin-flooder", metavar="CPU", default="none",
+                    help="taskset -c CPU for the flooder (default: none, unpinned)")
+    ap.add_argument("--pin-vpn", metavar="CPUS", default="none",
+                    help="CPUs (e.g. 0 or 0-2) for everything else: both daemons, iperf3, "
+                         "tcpdump (this script's affinity, inherited; default: none)")
+    ap.add_argument("--daemon-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra environment for both daemons (repeatable)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/flood.py: needs root (network namespaces)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     loops = ["native", "python"] if args.loop == "both" else [args.loop]
+    filters = [True, False] if args.sockfilter == "both" else [args.sockfilter == "on"]
+    pin = None if args.pin_flooder == "none" else args.pin_flooder
+    if args.pin_vpn != "none":
+        cpus = set()
+        for part in args.pin_vpn.split(","):
+            lo, _, hi = part.partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+        os.sched_setaffinity(0, cpus)
+    env = dict(kv.split("=", 1) for kv in args.daemon_env)
+    configs = [(loop, f) for loop in loops for f in filters]
     workdir = tempfile.mkdtemp(prefix="vpncrypt-flood-")
+    load0 = os.getloadavg()[0]
+    results = []
     try:
-        results = [run(loop, args.seconds, workdir) for loop in loops]
+        for i in range(args.runs):
+            for loop, f in configs:
+                r = run(loop, args.seconds, workdir, sockfilter=f, pin_flooder=pin,
+                        daemon_env=env)
+                r["round"] = i + 1
+                results.append(r)
+                print(f"  round {i + 1}: {label(r)}: {r['unflooded_mbit']} -> "
+                      f"{r['flooded_mbit']} Mbit/s ({r['ratio']:.0%}), flood "
+                      f"{r['flood_rate']:,}/s", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    groups: dict = {}
+    for r in results:
+        groups.setdefault(label(r), []).append(r)
     print(f"## Garbage flood, {args.seconds:.0f} s ({time.strftime('%Y-%m-%d')}, "
-          f"{platform.node()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f})\n")
-    print(markdown(results))
+          f"{platform.node()}, {os.cpu_count()} CPUs, load {load0:.2f} -> "
+          f"{os.getloadavg()[0]:.2f}; flooder "
+          f"{f'pinned to CPU {pin}' if pin else 'not pinned'}, daemons and iperf3 "
+          f"{'not pinned' if args.pin_vpn == 'none' else f'pinned to CPU {args.pin_vpn}'})\n")
+    print(summary(groups))
+    print("\nThe run with the median ratio of each configuration:\n")
+    print(markdown([median_run(rs) for rs in groups.values()]))
     kinds = results[0]["by_kind"]
     total = sum(kinds.values())
-    print("\nFlood mix: " + ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(kinds.items())))
+    print("\nFlood mix: " + ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(kinds.items()))
+          + f"; of it the server's socket filter drops "
+          f"{sum(results[0]['prescreened'].values()) / total:.0%} (truncated, and random "
+          "bytes with a type byte a server never receives)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -20,8 +20,10 @@ It builds a pool of datagrams of these categories (weights in SPEC, defaults bel
 and sends the pool round and round from one connected UDP socket, in sendmmsg batches,
 until `seconds` pass or `max_packets` went out. Then it waits `linger` s and counts
 what came back to its socket (the server must never answer a forgery or a replay).
-Prints one JSON line: packets sent (total and by category), seconds, rate, errors and
-datagrams received.
+Prints one JSON line: packets sent (total and by category), of those by category the
+ones the server's socket filter drops in the kernel ("prescreened": shorter than
+MIN_PACKET or a type byte not in SERVER_RECEIVES, see vpncrypt/daemon/sockfilter.py),
+seconds, rate, errors and datagrams received.
 """
 
 import collections
@@ -41,6 +43,15 @@ DEFAULT_WEIGHTS = {
 }
 POOL = 4096
 BATCH = 256
+# What vpncryptd's socket filter lets through to a server (vpncrypt/protocol/wire.py:
+# MIN_PACKET, CLIENT_TYPES); standalone here, tests/test_sockfilter.py checks they agree.
+MIN_PACKET = 25
+SERVER_RECEIVES = frozenset({0x01, 0x02, 0x03})
+
+
+def prescreened(pkt: bytes) -> bool:
+    """Whether the server's kernel socket filter drops `pkt`."""
+    return len(pkt) < MIN_PACKET or pkt[0] not in SERVER_RECEIVES
 
 
 class iovec(ctypes.Structure):
@@ -123,9 +134,11 @@ def main(spec_path: str) -> None:
     # Cumulative counts per category, to turn "n packets sent" into exact category counts.
     kinds = sorted({k for k, _ in pool})
     prefix = {k: [0] * (POOL + 1) for k in kinds}
-    for i, (k, _) in enumerate(pool):
+    screened = {k: [0] * (POOL + 1) for k in kinds}
+    for i, (k, pkt) in enumerate(pool):
         for kk in kinds:
             prefix[kk][i + 1] = prefix[kk][i] + (kk == k)
+            screened[kk][i + 1] = screened[kk][i] + (kk == k and prescreened(pkt))
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
@@ -155,6 +168,7 @@ def main(spec_path: str) -> None:
 
     full, rest = divmod(sent, POOL)
     by_kind = {k: full * prefix[k][POOL] + prefix[k][rest] for k in kinds}
+    by_kind_screened = {k: full * screened[k][POOL] + screened[k][rest] for k in kinds}
 
     # Whatever the server sent back to us (nothing, if it is right).
     received, received_bytes = 0, 0
@@ -178,7 +192,7 @@ def main(spec_path: str) -> None:
         received_bytes += len(data)
     print(json.dumps({
         "sent": sent, "seconds": round(elapsed, 3), "rate": round(sent / elapsed) if elapsed else 0,
-        "by_kind": by_kind, "errors": dict(errors), "received": received,
+        "by_kind": by_kind, "prescreened": by_kind_screened, "errors": dict(errors), "received": received,
         "received_bytes": received_bytes, "pool": POOL,
         "pid": os.getpid(),
     }), flush=True)

@@ -49,8 +49,9 @@ class Flooder:
 
     def flood(self, tmp_path, target: str, port: int, seconds: float, max_packets: int,
               client_ids, unknown_ids=(999, 4242), replays=(), weights=None, seed: int = 7,
-              linger: float = 1.0, background: bool = False):
-        """Run flooder.py here; its JSON report (or the Popen, with background=True)."""
+              linger: float = 1.0, background: bool = False, prefix=()):
+        """Run flooder.py here; its JSON report (or the Popen, with background=True).
+        `prefix` goes before the command (e.g. ["taskset", "-c", "1"])."""
         spec = {"target": target, "port": port, "seconds": seconds, "max_packets": max_packets,
                 "seed": seed, "client_ids": list(client_ids), "unknown_ids": list(unknown_ids),
                 "replays": [p.hex() for p in replays], "weights": weights or {},
@@ -58,7 +59,8 @@ class Flooder:
         spec_path = os.path.join(str(tmp_path), f"flood-{seed}.json")
         with open(spec_path, "w") as f:
             json.dump(spec, f)
-        proc = self.host.popen([sys.executable, os.path.join(TESTS_DIR, "flooder.py"), spec_path],
+        proc = self.host.popen([*prefix, sys.executable, os.path.join(TESTS_DIR, "flooder.py"),
+                                spec_path],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if background:
             return proc

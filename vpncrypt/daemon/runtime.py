@@ -20,6 +20,7 @@ from ..protocol import aead, wire
 from ..protocol.wire import Drop
 from . import fastpath
 from .logs import RateLimiter, kv, log
+from . import sockfilter
 
 BATCH = 64  # packets drained per readiness event, so neither side starves the other
 TICK = 0.5  # seconds between timer checks (and replay-state saves)
@@ -130,6 +131,7 @@ class Runtime:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # dual stack
+        sockfilter.setup(sock, self.role, SOCKET_BUFFER)  # forced rcvbuf, kernel pre-screen
         try:
             sock.bind(bind)
         except OSError as e:

@@ -1,0 +1,197 @@
+"""The daemon's kernel socket filter and forced receive buffer
+(vpncrypt/daemon/sockfilter.py), on real sockets.
+
+A UDP socket on loopback with the filter attached, as the daemon attaches it, receives
+datagrams of every type byte and of every short length: exactly the ones the role can
+receive arrive, and the kernel counts the others as the socket's drops (the "drops"
+column of /proc/net/udp6, where a dual-stack socket is listed). Loopback needs no root
+and no namespace; Linux only. The daemons' use of it under a flood is in
+tests/test_hostile.py::test_garbage_flood_legit_transfer_survives.
+
+The receive buffer tests need root (SO_RCVBUFFORCE needs CAP_NET_ADMIN): without it they
+skip, or fail when the CI environment variable is set.
+"""
+
+import os
+import select
+import socket
+import subprocess
+import sys
+
+import pytest
+
+import flooder
+from netns import REPO_ROOT, python_env
+
+from vpncrypt.daemon import sockfilter
+from vpncrypt.protocol import wire
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux socket filter")
+
+# Every type byte at the smallest valid length, every short length with a valid type byte,
+# and a few full-size ones.
+SHORT = range(0, wire.MIN_PACKET)
+
+
+def datagrams(role: str) -> list[bytes]:
+    good = sorted(sockfilter.accepted_types(role))
+    out = [bytes([t]) + bytes(wire.MIN_PACKET - 1) for t in range(256)]
+    out += [(bytes([good[n % len(good)]]) + bytes(n))[:n] for n in SHORT]
+    out += [bytes([t]) + os.urandom(1399) for t in (*good, 0x00, 0x05, 0x41, 0x83, 0xFF)]
+    return out
+
+
+def wanted(role: str, packets: list[bytes]) -> list[bytes]:
+    types = sockfilter.accepted_types(role)
+    return [p for p in packets if len(p) >= wire.MIN_PACKET and p[0] in types]
+
+
+def socket_drops(sock: socket.socket) -> int:
+    """The kernel's drop count of `sock` (its line in /proc/net/udp or udp6)."""
+    port = sock.getsockname()[1]
+    table = "/proc/net/udp6" if sock.family == socket.AF_INET6 else "/proc/net/udp"
+    with open(table) as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and int(fields[9]) == sock_inode(sock):
+                return int(fields[-1])
+    raise AssertionError(f"socket on port {port} not in {table}")
+
+
+def sock_inode(sock: socket.socket) -> int:
+    return os.fstat(sock.fileno()).st_ino
+
+
+def receive_all(sock: socket.socket, expect: int) -> list[bytes]:
+    """Datagrams until `expect` arrived, or nothing more came within 1 s."""
+    got = []
+    while len(got) < expect or select.select([sock], [], [], 0.2)[0]:
+        if not select.select([sock], [], [], 1.0)[0]:
+            break
+        got.append(sock.recv(65535))
+    return got
+
+
+def make_receiver(family: int, role: str | None) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    if role is not None:
+        assert sockfilter.attach(sock, role)
+    sock.bind(("::" if family == socket.AF_INET6 else "127.0.0.1", 0))
+    return sock
+
+
+@pytest.mark.parametrize("role", ["server", "client"])
+@pytest.mark.parametrize("family,sender,dest", [
+    (socket.AF_INET, socket.AF_INET, "127.0.0.1"),
+    (socket.AF_INET6, socket.AF_INET, "127.0.0.1"),  # IPv4 to a dual-stack socket
+    (socket.AF_INET6, socket.AF_INET6, "::1"),
+], ids=["v4", "v4-to-dual-stack", "v6"])
+def test_filter_passes_exactly_what_the_role_receives(role, family, sender, dest):
+    if sender == socket.AF_INET6 and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    packets = datagrams(role)
+    want = wanted(role, packets)
+    assert len(want) == 2 * len(sockfilter.accepted_types(role))  # 25 bytes, and 1400
+    with make_receiver(family, role) as recv, socket.socket(sender, socket.SOCK_DGRAM) as send:
+        port = recv.getsockname()[1]
+        for p in packets:
+            send.sendto(p, (dest, port))
+        got = receive_all(recv, len(want))
+        assert sorted(got) == sorted(want)
+        # The kernel counted what it dropped (nothing else was dropped: the receive
+        # buffer holds all of these with room to spare).
+        assert socket_drops(recv) == len(packets) - len(want)
+
+
+def test_without_filter_everything_arrives():
+    """The control: the same datagrams on an unfiltered socket all arrive (so the filter
+    test above does not pass by loopback losing datagrams)."""
+    packets = datagrams("server")
+    with make_receiver(socket.AF_INET, None) as recv, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as send:
+        for p in packets:
+            send.sendto(p, ("127.0.0.1", recv.getsockname()[1]))
+        assert sorted(receive_all(recv, len(packets))) == sorted(packets)
+        assert socket_drops(recv) == 0
+
+
+def test_filter_can_be_turned_off_by_the_environment():
+    code = ("import socket; from vpncrypt.daemon import sockfilter; "
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            "print(sockfilter.attach(s, 'server'))")
+    for value, attached in (("off", "False"), ("", "True")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=python_env({"VPNCRYPT_SOCKFILTER": value}), cwd=REPO_ROOT,
+                             check=True).stdout
+        assert out.strip() == attached
+
+
+def test_unknown_role_gets_no_filter():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        assert sockfilter.attach(s, "?") is False
+
+
+def test_program_is_well_formed():
+    """Every jump lands inside the program, and it ends in the two returns."""
+    for role in ("server", "client"):
+        prog = sockfilter.program(role)
+        assert len(prog) < 4096  # BPF_MAXINSNS
+        for i, (code, jt, jf, _k) in enumerate(prog):
+            if code & 0x07 == 0x05:  # BPF_JMP
+                assert i + 1 + max(jt, jf) < len(prog)
+        assert prog[-2] == (0x06, 0, 0, 0) and prog[-1][0] == 0x06 and prog[-1][3] > 0
+
+
+def test_flooder_knows_what_the_server_filter_drops():
+    """tests/flooder.py is standalone; its copy of the server's filter rule must agree."""
+    assert flooder.MIN_PACKET == wire.MIN_PACKET
+    assert flooder.SERVER_RECEIVES == sockfilter.accepted_types("server")
+    packets = datagrams("server")
+    passed = wanted("server", packets)
+    for p in packets:
+        assert flooder.prescreened(p) == (p not in passed)
+
+
+def rmem_max() -> int:
+    with open("/proc/sys/net/core/rmem_max") as f:
+        return int(f.read())
+
+
+def require_root() -> None:
+    if os.geteuid() == 0:
+        return
+    if os.environ.get("CI"):
+        pytest.fail("receive buffer test needs root (CI is set)", pytrace=False)
+    pytest.skip("receive buffer test needs root")
+
+
+def test_receive_buffer_is_forced_past_rmem_max():
+    require_root()
+    size = 2 * rmem_max() + 4096  # more than SO_RCVBUF alone could give
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        assert sockfilter.force_receive_buffer(s, size) == 2 * size
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * size
+
+
+FALLBACK = """
+import socket, sys
+from vpncrypt.daemon import sockfilter
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+print(sockfilter.force_receive_buffer(s, int(sys.argv[1])))
+"""
+
+
+def test_receive_buffer_without_cap_net_admin_falls_back_and_warns():
+    """A process without CAP_NET_ADMIN (root, with it dropped from the bounding set by
+    setpriv(1) before exec) gets what SO_RCVBUF gives, at most twice net.core.rmem_max,
+    and a warning that says so."""
+    require_root()
+    size = 2 * rmem_max() + 4096
+    proc = subprocess.run(["setpriv", "--bounding-set", "-net_admin", sys.executable, "-c",
+                           FALLBACK, str(size)], capture_output=True, text=True,
+                          env=python_env(), cwd=REPO_ROOT, check=True)
+    assert int(proc.stdout) == 2 * rmem_max()
+    assert "UDP receive buffer is" in proc.stderr and "net.core.rmem_max" in proc.stderr
