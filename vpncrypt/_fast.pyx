@@ -221,6 +221,20 @@ cdef int s2v(Siv *s, const uint8_t **ads, const int *adl, int nad, const uint8_t
     return cmac_msg(s, NULL, 0, t, 16, v)
 
 
+cdef extern from *:
+    """
+    #include <string.h>
+    /* A big-endian 64-bit store in one move (the CTR counter blocks). */
+    static inline void vc_put_be64(unsigned char *p, unsigned long long v) {
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        v = __builtin_bswap64(v);
+    #endif
+        memcpy(p, &v, 8);
+    }
+    """
+    void vc_put_be64(uint8_t *p, uint64_t v) nogil
+
+
 cdef inline uint64_t get64(const uint8_t *p) noexcept nogil:
     return (<uint64_t>p[0] << 56) | (<uint64_t>p[1] << 48) | (<uint64_t>p[2] << 40) | \
            (<uint64_t>p[3] << 32) | (<uint64_t>p[4] << 24) | (<uint64_t>p[5] << 16) | \
@@ -242,8 +256,8 @@ cdef int ctr(Siv *s, const uint8_t *v, const uint8_t *src, int n, uint8_t *dst) 
         k = min(CHUNK, n - off)
         nb = (k + 15) // 16
         for j in range(nb):
-            put64(ks + 16 * j, hi)
-            put64(ks + 16 * j + 8, lo)
+            vc_put_be64(ks + 16 * j, hi)
+            vc_put_be64(ks + 16 * j + 8, lo)
             lo += 1
             hi += lo == 0
         if EVP_EncryptUpdate(s.ecb, ks, &outl, ks, nb * 16) != 1 or outl != nb * 16:
