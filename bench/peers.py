@@ -5,7 +5,8 @@ Two network namespaces, A (server side) and B (client side), joined by one veth 
 (MTU 1500, 10.200.0.1/24 in A, 10.200.0.2/24 in B). Then, one system after another:
 
   novpn            iperf3 straight over the veth (the ceiling)
-  vpncrypt         vpncryptd, native packet loop (the default)
+  vpncrypt         vpncryptd, native packet loop (the default, offloads on)
+  vpncrypt-nooffload  the same with `offload = no` in both configurations
   vpncrypt-python  vpncryptd with VPNCRYPT_LOOP=python (same native crypto, Python loop)
   fastd-salsa2012  fastd, method salsa2012+umac
   fastd-aes128-gcm fastd, method aes128-gcm (reported as failed if fastd refuses it)
@@ -104,7 +105,7 @@ TEST_ARGS = {
     "tcp_p4": ["-P", "4"],
     "udp64": ["-u", "-l", "64", "-b", "0"],
 }
-FAMILIES = {"vpncrypt": ("vpncrypt", "vpncrypt-python"),
+FAMILIES = {"vpncrypt": ("vpncrypt", "vpncrypt-nooffload", "vpncrypt-python"),
             "fastd": ("fastd-salsa2012", "fastd-aes128-gcm")}
 TAG = f"{os.getpid() % 100000}"  # keeps names that live outside the namespaces unique
 
@@ -1113,7 +1114,7 @@ def ratios(records: list[dict]) -> dict:
     vp = by.get("vpncrypt")
     if vp is None:
         return {}
-    peers = [r for k, r in by.items() if k not in ("novpn", "vpncrypt", "vpncrypt-python")]
+    peers = [r for k, r in by.items() if k != "novpn" and not k.startswith("vpncrypt")]
     out = {}
     for metric, getter in (("tcp_fwd", lambda r: r["medians"]["tcp_fwd"]),
                            ("tcp_rev", lambda r: r["medians"]["tcp_rev"]),
