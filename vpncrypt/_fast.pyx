@@ -893,12 +893,35 @@ cdef inline uint64_t csum_add(uint64_t sum, const uint8_t *p, Py_ssize_t n) noex
     return sum
 
 
-cdef inline void csum_store(uint8_t *field, uint64_t sum) noexcept nogil:
-    cdef uint16_t r
+cdef inline uint16_t csum_fold(uint64_t sum) noexcept nogil:
     while sum >> 16:
         sum = (sum & 0xFFFF) + (sum >> 16)
-    r = <uint16_t>~sum
+    return <uint16_t>sum
+
+
+cdef inline void csum_store(uint8_t *field, uint64_t sum) noexcept nogil:
+    cdef uint16_t r = <uint16_t>~csum_fold(sum)
     memcpy(field, &r, 2)
+
+
+cdef inline uint64_t tcp_pseudo_sum(const uint8_t *p, int version, Py_ssize_t tcp_len) noexcept nogil:
+    """One's complement sum of the TCP pseudo-header of IP packet p (RFC 793 / RFC 8200)."""
+    cdef uint8_t pseudo[40]
+    if version == 4:
+        memcpy(pseudo, p + 12, 8)
+        pseudo[8], pseudo[9] = 0, 6
+        put16(pseudo + 10, <uint32_t>tcp_len)
+        return csum_add(0, pseudo, 12)
+    memcpy(pseudo, p + 8, 32)
+    put32(pseudo + 32, <uint32_t>tcp_len)
+    pseudo[36] = pseudo[37] = pseudo[38] = 0
+    pseudo[39] = 6
+    return csum_add(0, pseudo, 40)
+
+
+cdef inline void ip4_csum(uint8_t *p, int l3) noexcept nogil:
+    p[10] = p[11] = 0
+    csum_store(p + 10, csum_add(0, p, l3))
 
 
 cdef inline int finish_csum(uint8_t *pkt, Py_ssize_t n, const VnetHdr *vh) noexcept nogil:
@@ -912,22 +935,9 @@ cdef inline int finish_csum(uint8_t *pkt, Py_ssize_t n, const VnetHdr *vh) noexc
 
 cdef inline void tcp_csum(uint8_t *seg, int version, int l3, Py_ssize_t n) noexcept nogil:
     """Full TCP checksum of a segment whose IP header is l3 bytes."""
-    cdef uint8_t pseudo[40]
-    cdef uint64_t sum
     cdef uint8_t *tcp = seg + l3
     tcp[16] = tcp[17] = 0
-    if version == 4:
-        memcpy(pseudo, seg + 12, 8)
-        pseudo[8], pseudo[9] = 0, 6
-        put16(pseudo + 10, <uint32_t>(n - l3))
-        sum = csum_add(0, pseudo, 12)
-    else:
-        memcpy(pseudo, seg + 8, 32)
-        put32(pseudo + 32, <uint32_t>(n - l3))
-        pseudo[36] = pseudo[37] = pseudo[38] = 0
-        pseudo[39] = 6
-        sum = csum_add(0, pseudo, 40)
-    csum_store(tcp + 16, csum_add(sum, tcp, n - l3))
+    csum_store(tcp + 16, csum_add(tcp_pseudo_sum(seg, version, n - l3), tcp, n - l3))
 
 
 cdef inline int coalescable(const uint8_t *p, Py_ssize_t n, int *l3, int *hl) noexcept nogil:
@@ -935,8 +945,6 @@ cdef inline int coalescable(const uint8_t *p, Py_ssize_t n, int *l3, int *hl) no
     fragment or IPv6 extension header, and a correct checksum, since the kernel will
     not check the checksum of what we coalesce."""
     cdef int version = p[0] >> 4
-    cdef uint8_t pseudo[40]
-    cdef uint64_t sum
     cdef const uint8_t *tcp
     if version == 4 and n >= 40:
         l3[0] = (p[0] & 15) * 4
@@ -955,21 +963,7 @@ cdef inline int coalescable(const uint8_t *p, Py_ssize_t n, int *l3, int *hl) no
     hl[0] = l3[0] + (tcp[12] >> 4) * 4
     if hl[0] < l3[0] + 20 or hl[0] >= n or (tcp[13] & ~0x08) != 0x10:   # ACK, maybe PSH
         return 0
-    if version == 4:
-        memcpy(pseudo, p + 12, 8)
-        pseudo[8], pseudo[9] = 0, 6
-        put16(pseudo + 10, <uint32_t>(n - l3[0]))
-        sum = csum_add(0, pseudo, 12)
-    else:
-        memcpy(pseudo, p + 8, 32)
-        put32(pseudo + 32, <uint32_t>(n - 40))
-        pseudo[36] = pseudo[37] = pseudo[38] = 0
-        pseudo[39] = 6
-        sum = csum_add(0, pseudo, 40)
-    sum = csum_add(sum, tcp, n - l3[0])
-    while sum >> 16:
-        sum = (sum & 0xFFFF) + (sum >> 16)
-    return sum == 0xFFFF
+    return csum_fold(csum_add(tcp_pseudo_sum(p, version, n - l3[0]), tcp, n - l3[0])) == 0xFFFF
 
 
 cdef inline int same_flow(const Coal *co, const uint8_t *p, int l3, int hl) noexcept nogil:
@@ -996,8 +990,7 @@ def _checksum_selftest(bytes packet, int version, int l3):
     out = bytearray(packet)
     cdef uint8_t *seg = out
     if version == 4:
-        seg[10] = seg[11] = 0
-        csum_store(seg + 10, csum_add(0, seg, l3))
+        ip4_csum(seg, l3)
     tcp_csum(seg, version, l3, len(out))
     return bytes(out)
 
@@ -1547,8 +1540,7 @@ cdef class Engine:
             if version == 4:
                 put16(seg + 2, <uint32_t>n)
                 put16(seg + 4, <uint16_t>(id0 + i))
-                seg[10] = seg[11] = 0
-                csum_store(seg + 10, csum_add(0, seg, l3))
+                ip4_csum(seg, l3)
             else:
                 put16(seg + 4, <uint32_t>(n - 40))
             tcp = seg + l3
@@ -1754,8 +1746,6 @@ cdef class Engine:
     cdef void flush_coal(self, Coal *co) noexcept nogil:
         cdef uint8_t *p = co.buf + HEADROOM
         cdef VnetHdr vh
-        cdef uint8_t pseudo[40]
-        cdef uint64_t sum
         cdef uint16_t folded
         if co.len == 0:
             return
@@ -1765,22 +1755,10 @@ cdef class Engine:
             # (not inverted), as for any packet whose checksum is left to the device.
             if co.version == 4:
                 put16(p + 2, <uint32_t>co.len)
-                p[10] = p[11] = 0
-                csum_store(p + 10, csum_add(0, p, co.l3))
-                memcpy(pseudo, p + 12, 8)
-                pseudo[8], pseudo[9] = 0, 6
-                put16(pseudo + 10, <uint32_t>(co.len - co.l3))
-                sum = csum_add(0, pseudo, 12)
+                ip4_csum(p, co.l3)
             else:
                 put16(p + 4, <uint32_t>(co.len - 40))
-                memcpy(pseudo, p + 8, 32)
-                put32(pseudo + 32, <uint32_t>(co.len - 40))
-                pseudo[36] = pseudo[37] = pseudo[38] = 0
-                pseudo[39] = 6
-                sum = csum_add(0, pseudo, 40)
-            while sum >> 16:
-                sum = (sum & 0xFFFF) + (sum >> 16)
-            folded = <uint16_t>sum
+            folded = csum_fold(tcp_pseudo_sum(p, co.version, co.len - co.l3))
             memcpy(p + co.l3 + 16, &folded, 2)
             vh.flags = VNET_F_NEEDS_CSUM
             vh.gso_type = VNET_GSO_TCPV4 if co.version == 4 else VNET_GSO_TCPV6
