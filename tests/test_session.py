@@ -146,6 +146,25 @@ def test_far_skewed_sender_looks_stale_then_diagnosed(ctx):
     assert got.reason == Drop.CLOCK_SKEW, got
 
 
+@pytest.mark.parametrize("engine_newest", [False, True])
+def test_receiver_clock_stepped_back_is_diagnosed(ctx, engine_newest):
+    """Our own clock went back 600 s and the sender follows it (time sync): its packets are
+    stale only because the window holds our old future; the drop says clock skew, without
+    probing (no rate limit), whether the window is ours or the native loop's."""
+    srv, cl = pair(ctx)
+    assert srv.open(cl.seal(Kind.DATA, b"x", NOW), NOW).body == b"x"
+    packet = cl.seal(Kind.DATA, b"y", NOW - 600)
+    if engine_newest:  # the native loop's window refused it; ours never saw the first packet
+        fresh, _ = pair(ctx)
+        got = fresh.peer(1).receiver.diagnose(packet, NOW - 600, Drop.STALE, NOW)
+    else:
+        got = srv.open(packet, NOW - 600)
+    assert got.reason == Drop.CLOCK_SKEW, got
+    assert "receiver clock stepped back" in got.detail and "600 s" in got.detail
+    # A stale packet within the clock window stays a stale packet.
+    assert srv.open(cl.seal(Kind.DATA, b"z", NOW - 100), NOW - 100).reason == Drop.STALE
+
+
 def test_wrong_key_is_auth_not_skew(ctx):
     srv = ServerCore(7, ctx)
     srv.set_client(1, PSK_B)

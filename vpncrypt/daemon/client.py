@@ -145,7 +145,7 @@ class Client(Runtime):
         if kind == fastpath.EV_PACKET:
             self.handle_datagram(packet, addr)
         elif kind == fastpath.EV_DROP:
-            why = self.engine_drop(reason, client_id, addr, packet, None, self.session.receiver.diagnose)
+            why = self.engine_drop(reason, client_id, addr, packet, None, self.session.receiver, 0)
             if why == Drop.CLOCK_SKEW:
                 self.request_sync(time.monotonic(), "the server's packets are outside our clock window")
 

@@ -465,12 +465,13 @@ class Runtime:
     def on_engine_event(self, kind: int, reason: int, client_id: int, addr, packet) -> None:
         raise NotImplementedError
 
-    def engine_drop(self, reason: int, client_id: int, addr, packet, name, diagnose) -> Drop:
-        """Log a drop the engine counted; AUTH/STALE samples get the clock-skew diagnosis."""
+    def engine_drop(self, reason: int, client_id: int, addr, packet, name, receiver, index) -> Drop:
+        """Log a drop the engine counted; AUTH/STALE samples get the clock diagnosis
+        (`receiver` opens for it; `index` is the sender's slot in the engine)."""
         now = self.now()
         why, detail = Drop(reason), ""
-        if packet and why in (Drop.AUTH, Drop.STALE):
-            verdict = diagnose(packet, now, why)
+        if packet and receiver is not None and why in (Drop.AUTH, Drop.STALE):
+            verdict = receiver.diagnose(packet, now, why, self.native.engine.window_newest(index))
             why, detail = verdict.reason, verdict.detail
         elif packet and why == Drop.SPOOFED_SOURCE:  # the sample is the inner header
             from .ippacket import addresses

@@ -156,9 +156,9 @@ class Server(Runtime):
             self.new_endpoint(peer, addr, from_engine=True)
         elif kind == fastpath.EV_DROP:
             name = peer.name if peer else (client_id or None)
-            self.engine_drop(reason, client_id, addr, packet, name,
-                             lambda p, now, why: self.core.peer(client_id).receiver.diagnose(
-                                 p, now, why))
+            receiver = self.core.peer(client_id).receiver if peer is not None else None
+            self.engine_drop(reason, client_id, addr, packet, name, receiver,
+                             self.native.engine.index_of(client_id) if peer is not None else None)
 
     def deliver(self, peer, body, now, addr) -> bool:
         fields = ippacket.addresses(body)

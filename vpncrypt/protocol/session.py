@@ -105,19 +105,27 @@ class Receiver:
         restarted = self.window.accept(timestamp, counter)
         return Opened(client_id, Kind(ptype & ~FROM_SERVER), body, restarted)
 
-    def diagnose(self, packet, now: float, reason: Drop):
-        """The diagnosis alone, for a packet another path (the native loop) refused."""
+    def diagnose(self, packet, now: float, reason: Drop, newest: int | None = None):
+        """The diagnosis alone, for a packet another path (the native loop) refused;
+        `newest` is that path's newest accepted timestamp from this sender."""
         if len(packet) < wire.MIN_PACKET:
             return Dropped(reason, self.ctx.client_id)
         timestamp = _timestamp(packet[3], now)
         if timestamp is None:
             return Dropped(reason, self.ctx.client_id)
-        return self._diagnose(packet, timestamp, now, reason)
+        return self._diagnose(packet, timestamp, now, reason, newest)
 
-    def _diagnose(self, packet, timestamp: int, now: float, reason: Drop):
-        """Tell a wrong key or old packet from a wrong clock by trying neighbouring 256-s
-        windows (rate-limited: each diagnosis costs up to ~100 opens)."""
+    def _diagnose(self, packet, timestamp: int, now: float, reason: Drop, newest=None):
+        """Tell a wrong key or old packet from a wrong clock: a stale packet whose sender's
+        newest one is beyond our clock window means our own clock stepped back; otherwise
+        try neighbouring 256-s windows (rate-limited: each costs up to ~100 opens)."""
         client_id = self.ctx.client_id
+        if newest is None:
+            newest = self.window.newest
+        if reason is Drop.STALE and newest is not None and newest - now > wire.CLOCK_WINDOW:
+            return Dropped(Drop.CLOCK_SKEW, client_id,
+                           f"receiver clock stepped back: the sender's newest packet is "
+                           f"{int(newest) - int(now)} s ahead of it")
         # (A receiver clock that stepped back past the interval does not mute diagnoses.)
         if now < self.next_probe and self.next_probe - now <= SKEW_PROBE_INTERVAL:
             return Dropped(reason, client_id)
