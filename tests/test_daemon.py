@@ -157,6 +157,29 @@ def test_sigterm_removes_interface_and_sighup_reloads(netns_factory, tmp_path):
     assert "vpn0" not in vpn.server_host.link_names()
 
 
+@LOOPS
+def test_oversized_packet_is_answered_with_icmp_too_big(netns_factory, tmp_path, loop):
+    """An inner packet over the tunnel MTU (here the client's TUN MTU raised behind the
+    daemon's back) gets ICMP "fragmentation needed" / "packet too big" with the tunnel
+    MTU back to its sender, not a silent black hole. The daemon answers from its own
+    tunnel address, which a host drops as a martian unless told to accept it
+    (accept_local): a router forwarding for a LAN never meets that."""
+    vpn = Deployment(netns_factory, tmp_path, loop=loop).start()
+    client = vpn.client_host()
+    vpn.wait_ping(client, SERVER_TUN4)
+    mtu = int(client.run(["cat", "/sys/class/net/vpn0/mtu"]).stdout)
+    client.run(["ip", "link", "set", "vpn0", "mtu", str(mtu + 100)])
+    client.run(["sysctl", "-qw", "net.ipv4.conf.vpn0.accept_local=1"])
+    out = client.run(["ping", "-c", "2", "-W", "1", "-M", "do", "-s", str(mtu + 50 - 28),
+                      SERVER_TUN4], check=False).stdout
+    assert f"Frag needed and DF set (mtu = {mtu})" in out, out
+    out = client.run(["ping", "-6", "-c", "2", "-W", "1", "-M", "do", "-s",
+                      str(mtu + 50 - 48), SERVER_TUN6], check=False).stdout
+    assert f"Packet too big: mtu={mtu}" in out, out
+    vpn.ping(client, SERVER_TUN4)  # packets that fit still pass
+    assert vpn.server.proc.poll() is None and vpn.clients[0].proc.poll() is None
+
+
 def test_config_error_is_one_line_and_exit_2(tmp_path):
     bad = tmp_path / "bad.conf"
     bad.write_text("[server]\nlisten = 0.0.0.0:99999\n")

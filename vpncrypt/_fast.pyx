@@ -125,6 +125,7 @@ cdef struct Siv:
     uint8_t sub2[16]
     uint8_t zero_mac[16]    # CMAC(K1, 16 zero bytes): S2V's first step
     pthread_mutex_t lock    # a loop thread and Python callers may share a key
+    int broken              # the chain could not be put back in step: refuse everything
 
 
 cdef inline void xor16(uint8_t *a, const uint8_t *b) noexcept nogil:
@@ -154,7 +155,8 @@ cdef int cbc(Siv *s, const uint8_t *src, size_t n, uint8_t *last) noexcept nogil
             # Put the context and our copy of its chain back in step (never seen to happen).
             memset(zero, 0, 16)
             memset(s.chain, 0, 16)
-            EVP_EncryptInit_ex(s.cbc, NULL, NULL, NULL, zero)
+            if EVP_EncryptInit_ex(s.cbc, NULL, NULL, NULL, zero) != 1:
+                s.broken = 1  # a chain we cannot know would give wrong tags: fail closed
             return 0
         src += k
         n -= k
@@ -315,7 +317,7 @@ cdef int siv_seal(Siv *s, const uint8_t **ads, const int *adl, int nad, const ui
     """tag_out = S2V(ads, body); ct_out = CTR(body). ct_out may be body (in place)."""
     cdef int ok
     pthread_mutex_lock(&s.lock)
-    ok = s2v(s, ads, adl, nad, body, n, tag_out) and ctr(s, tag_out, body, n, ct_out)
+    ok = not s.broken and s2v(s, ads, adl, nad, body, n, tag_out) and ctr(s, tag_out, body, n, ct_out)
     pthread_mutex_unlock(&s.lock)
     return ok
 
@@ -326,7 +328,7 @@ cdef int siv_open(Siv *s, const uint8_t **ads, const int *adl, int nad, const ui
     cdef uint8_t v[16]
     cdef int ok
     pthread_mutex_lock(&s.lock)
-    ok = ctr(s, tag, ct, n, out) and s2v(s, ads, adl, nad, out, n, v)
+    ok = not s.broken and ctr(s, tag, ct, n, out) and s2v(s, ads, adl, nad, out, n, v)
     pthread_mutex_unlock(&s.lock)
     return ok and CRYPTO_memcmp(v, tag, 16) == 0
 
@@ -636,6 +638,8 @@ DEF RX_GRO_MSGS = 16      # receive slots per call when each may hold 64 KB of d
 DEF EV_PACKET = 1      # a non-DATA packet for the sans-IO core to decide
 DEF EV_ENDPOINT = 2    # a client's endpoint changed (authenticated DATA from a new address)
 DEF EV_DROP = 3        # a sample of a dropped packet (rate-limited), for logs and diagnosis
+DEF EV_TOO_BIG = 4     # a TUN packet over the tunnel MTU: Python answers with ICMP (rate-limited)
+DEF TOO_BIG_SAMPLE = 1232  # what ICMPv6 "packet too big" can quote within 1280 bytes
 DEF EV_HEADER = 8
 DEF ADDR_MAX = 28
 
@@ -1064,9 +1068,11 @@ cdef class Engine:
     cdef Routes routes
     cdef public double clock_offset   # seconds added to CLOCK_REALTIME (client time sync)
     cdef public bint hold_tx          # client: data waits for the first time sync
+    cdef public int mtu               # tunnel MTU: bigger TUN packets get ICMP (0: no check)
     cdef uint64_t drops[N_REASONS]
     cdef uint64_t events_lost
     cdef double sample_tokens, sample_refilled
+    cdef double big_tokens, big_refilled
     cdef list keep                    # the SivContexts whose keys the peers borrow
     cdef int stopping
 
@@ -1603,6 +1609,12 @@ cdef class Engine:
                         self.drops[D_BAD_PACKET] += 1
                         p.drops[D_BAD_PACKET] += 1
                         continue
+                if self.mtu and r > self.mtu:
+                    # As a router does: "fragmentation needed"/"packet too big" to the
+                    # sender, not a silent black hole (the TUN's own MTU was raised).
+                    if self.take(&self.big_tokens, &self.big_refilled, 100.0, mono):
+                        self.emit(EV_TOO_BIG, 0, p.id, NULL, 0, pkt, min(r, TOO_BIG_SAMPLE))
+                    continue
                 if r > MAX_DATAGRAM - OVERHEAD:
                     continue
                 o = self.tx_open(tx, p)

@@ -14,7 +14,7 @@ import threading
 
 from ..protocol import wire
 
-EV_PACKET, EV_ENDPOINT, EV_DROP = 1, 2, 3
+EV_PACKET, EV_ENDPOINT, EV_DROP, EV_TOO_BIG = 1, 2, 3, 4
 # The Engine's offload flags (_fast.pyx OFF_*) and the Linux UDP socket options behind two.
 OFF_VNET, OFF_GSO, OFF_GRO = 1, 2, 4
 SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104

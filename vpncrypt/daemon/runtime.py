@@ -379,6 +379,7 @@ class Runtime:
     def run(self) -> None:
         if self.native is not None:
             self.selector.register(self.native.events, selectors.EVENT_READ, self.on_native_events)
+            self.native.engine.mtu = self.mtu
             self.native.start()
         else:
             self.selector.register(self.tun.fd, selectors.EVENT_READ, self.on_tun)
@@ -460,7 +461,10 @@ class Runtime:
 
     def on_native_events(self) -> None:
         for event in self.native.drain():
-            self.on_engine_event(*event)
+            if event[0] == fastpath.EV_TOO_BIG:
+                self.icmp_too_big(event[4])
+            else:
+                self.on_engine_event(*event)
 
     def on_engine_event(self, kind: int, reason: int, client_id: int, addr, packet) -> None:
         raise NotImplementedError
