@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -99,6 +100,36 @@ def test_stale_control_socket_after_kill_is_replaced(netns_factory, tmp_path):
     vpn.server.kill()
     vpn.start_server()  # the killed daemon's socket is stale: taken over, not an error
     assert json.loads(show(vpn.state_dir("server"), "--json"))[0]["role"] == "server"
+
+
+def test_one_stale_socket_does_not_hide_the_running_daemons(netns_factory, tmp_path):
+    """`vpncrypt show` without an interface: a killed daemon's socket (nobody listening)
+    is named on stderr and reported as vpncrypt_up 0; the running daemon is still shown."""
+    parser = pytest.importorskip("prometheus_client.parser") if not os.environ.get("CI") else \
+        __import__("prometheus_client.parser", fromlist=["parser"])
+    vpn = Deployment(netns_factory, tmp_path).start()
+    state = vpn.state_dir("server")
+    stale = os.path.join(state, "vpn9.sock")
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(stale)
+    dead.close()  # the file stays, nobody listens: what kill -9 leaves behind
+    want = f"vpncrypt: {stale}: nobody listening (stale socket: vpncryptd is not running)"
+    for args in ((), ("--json",), ("--prometheus",)):
+        proc = vpncrypt("show", "--state-dir", state, *args)
+        assert proc.returncode == 0 and proc.stderr.strip() == want, (args, proc.stderr)
+        if args == ("--json",):
+            assert [d["interface"] for d in json.loads(proc.stdout)] == ["vpn0"]
+        elif args == ("--prometheus",):
+            up = {s.labels["interface"]: s.value for f in parser.text_string_to_metric_families(
+                proc.stdout) if f.name == "vpncrypt_up" for s in f.samples}
+            assert up == {"vpn0": 1, "vpn9": 0}
+        else:
+            assert "interface: vpn0" in proc.stdout
+    # Asked by name, the stale one is an error; with only stale sockets, so is the list.
+    assert vpncrypt("show", "vpn9", "--state-dir", state).returncode == 1
+    assert vpn.server.stop() == 0
+    proc = vpncrypt("show", "--state-dir", state)
+    assert proc.returncode == 1 and proc.stderr.strip() == want
 
 
 def test_reload_through_the_control_socket(netns_factory, tmp_path):

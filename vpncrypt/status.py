@@ -89,13 +89,17 @@ def _labels(**labels) -> str:
     return "{" + ",".join(f'{k}="{esc(v)}"' for k, v in labels.items()) + "}"
 
 
-def render_prometheus(docs: list[dict]) -> str:
-    """Prometheus text exposition format (version 0.0.4) for one or more daemons."""
+def render_prometheus(docs: list[dict], down=()) -> str:
+    """Prometheus text exposition format (version 0.0.4) for one or more daemons; `down`
+    names interfaces whose control socket did not answer (vpncrypt_up 0)."""
     out = []
     metrics: dict[str, list[str]] = {}
 
     def add(name, labels, value):
         metrics.setdefault(name, []).append(f"{name}{_labels(**labels)} {value}")
+
+    for interface in down:
+        add("vpncrypt_up", {"interface": interface}, 0)
 
     for doc in docs:
         base = {"interface": doc["interface"], "role": doc["role"]}
@@ -121,7 +125,8 @@ def render_prometheus(docs: list[dict]) -> str:
                 add("vpncrypt_drops_total", {**scope, "reason": reason}, n)
     helps = {name: (h, "counter") for _, name, h in _COUNTERS}
     helps.update({
-        "vpncrypt_up": ("1 for each running daemon.", "gauge"),
+        "vpncrypt_up": ("1 for each running daemon, 0 for a control socket that does not answer.",
+                        "gauge"),
         "vpncrypt_uptime_seconds": ("Seconds since the daemon started.", "gauge"),
         "vpncrypt_drops_total": ("Packets dropped, by reason.", "counter"),
         "vpncrypt_client_roams_total": ("Endpoint changes of a client.", "counter"),

@@ -28,6 +28,7 @@ Options:
                     or a placeholder to edit when the server listens on all addresses).
 """
 
+import os
 import sys
 
 from .. import __version__
@@ -83,18 +84,24 @@ def show(args) -> None:
         paths = control.sockets(state_dir)
         if not paths:
             fail(PROG, f"no running vpncryptd (no control socket in {state_dir})", 1)
-    docs = []
+    docs, down = [], []
     for path in paths:
         try:
             docs.append(control.request(path, {"command": "show"}))
         except control.ControlError as e:
-            fail(PROG, str(e), 1)
+            if args["INTERFACE"]:
+                fail(PROG, str(e), 1)
+            # One stale socket (a daemon that was killed) must not hide the others.
+            print(f"{PROG}: {e}", file=sys.stderr)
+            down.append(os.path.basename(path)[:-len(".sock")])
     if args["--json"]:
         print(json.dumps(docs, indent=2, sort_keys=True))
     elif args["--prometheus"]:
-        sys.stdout.write(status.render_prometheus(docs))
+        sys.stdout.write(status.render_prometheus(docs, down))
     else:
         print("\n\n".join(status.render_table(doc) for doc in docs))
+    if not docs and not args["--prometheus"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
