@@ -513,6 +513,7 @@ config server 'office'
 	list address '10.77.0.1/24'
 	list address 'fd00:77::1/64'
 	option mtu '1400'
+	option offload '0'
 
 config peer 'laptop'
 	option server 'office'
@@ -551,6 +552,7 @@ config client 'home'
 	list routes '10.0.0.0/16'
 	list routes '192.168.50.0/24'
 	option keepalive '15'
+	option offload 'no'
 
 config client 'spare'
 	option id '3'
@@ -593,6 +595,7 @@ def test_init_renders_valid_configs(init: InitHarness, tmp_path: Path) -> None:
         "interface = vpn0",
         "address = 10.77.0.1/24, fd00:77::1/64",
         "mtu = 1400",
+        "offload = 0",
         "state_dir = /var/run/vpncrypt",
         "",
         "[client laptop]",
@@ -613,9 +616,11 @@ def test_init_renders_valid_configs(init: InitHarness, tmp_path: Path) -> None:
 
     server = config.load(init.run_dir / "office.conf")
     assert [(c.name, c.id) for c in server.clients] == [("laptop", 1), ("phone.alice", 2)]
+    assert server.offload is False
     client = config.load(init.run_dir / "home.conf")
     assert [str(r) for r in client.routes] == ["10.0.0.0/16", "192.168.50.0/24"]
     assert client.keepalive == 15 and client.state_dir == "/var/run/vpncrypt"
+    assert client.offload is False
 
 
 def test_init_shipped_config_starts_nothing(init: InitHarness) -> None:
