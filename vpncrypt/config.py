@@ -27,12 +27,12 @@ import os
 import re
 import socket
 import stat
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import configparser
 
 from .protocol.keys import KeyFormatError, decode_key
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
+if TYPE_CHECKING:
+    import configparser
 
 __all__ = [
     "ConfigError",
