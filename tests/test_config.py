@@ -745,12 +745,21 @@ def test_keys_never_in_repr_or_str(tmp_path):
     assert "allowed_ips=" in repr(server.clients[0])
 
 
-def test_dataclasses_are_frozen_and_roles_are_class_level():
+def test_records_are_frozen_and_roles_are_class_level():
     cfg = parse(client())
     with pytest.raises(AttributeError):
         cfg.id = 2
+    with pytest.raises(AttributeError):
+        del cfg.id
+    with pytest.raises(AttributeError):
+        Peer("a", 1, RAW1, ()).id = 2
     assert ClientConfig.role == "client" and ServerConfig.role == "server"
-    assert "role" not in {f.name for f in __import__("dataclasses").fields(ClientConfig)}
+    assert "role" not in ClientConfig._fields and "role" not in vars(cfg)
+    # Equal and hashed by value, like the frozen dataclasses they replace.
+    assert parse(client()) == cfg and hash(parse(client())) == hash(cfg)
+    assert Peer("a", 1, RAW1, ()) == Peer(name="a", id=1, key=RAW1, allowed_ips=())
+    assert Peer("a", 1, RAW1, ()) != Peer("a", 2, RAW1, ())
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
 
 
 def test_mtu_limit_matches_wire_format():

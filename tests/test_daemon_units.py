@@ -1,8 +1,11 @@
-"""Daemon pieces without I/O: allowed-IPs routing, inner packet parsing, ICMP replies, log limits."""
+"""Daemon pieces without I/O: allowed-IPs routing, inner packet parsing, ICMP replies, log
+limits and log line formats."""
 
 import ipaddress
+import os
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -101,3 +104,46 @@ def test_rate_limiter_caps_lines_over_all_keys():
     allowed = [limiter.allow(("auth", f"192.0.2.{i}"), 100.0) for i in range(50)]
     assert sum(a is not None for a in allowed) == 5  # 50 spoofed sources, 5 lines
     assert limiter.allow(("auth", "192.0.2.99"), 101.0) == 0  # refilled a second later
+
+
+def test_log_lines_keep_the_logging_formats(monkeypatch, capsys, tmp_path):
+    import re
+    import socket
+
+    from vpncrypt.daemon import logs
+
+    logs.setup(False, True)
+    logs.log.warning("drop reason=%s n=%d", "auth", 3)
+    logs.log.debug("only with --verbose")
+    logs.log.info("100% literal")
+    logs.setup(True, True)
+    logs.log.debug("now %s", "shown")
+    lines = capsys.readouterr().err.splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    assert re.fullmatch(stamp + r" vpncryptd: WARNING drop reason=auth n=3", lines[0])
+    assert re.fullmatch(stamp + r" vpncryptd: INFO 100% literal", lines[1])
+    assert re.fullmatch(stamp + r" vpncryptd: DEBUG now shown", lines[2]) and len(lines) == 3
+
+    # Detached: one datagram per line to /dev/log (here a socket of the test's own).
+    path = str(tmp_path / "log")
+    syslogd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    syslogd.bind(path)
+
+    def connect():
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.connect(path)
+        return sock
+
+    monkeypatch.setattr(logs, "_connect_syslog", connect)
+    logs.setup(False, False)
+    logs.log.warning("drop reason=%s", "stale")
+    logs.log.info("started")
+    logs.log.debug("not without --verbose")
+    pid = os.getpid()
+    assert syslogd.recv(4096) == b"<28>vpncryptd[%d]: drop reason=stale\0" % pid
+    assert syslogd.recv(4096) == b"<30>vpncryptd[%d]: started\0" % pid
+    syslogd.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        syslogd.recv(4096)
+    logs.log._syslog.close()
+    logs.log.__init__()

@@ -7,7 +7,6 @@ import collections
 import gc
 import ipaddress
 import errno
-import json
 import os
 import selectors
 import signal

@@ -7,13 +7,20 @@ can never be reflected to its sender, replayed to another server, or accepted un
 another client's id.
 """
 
-import base64
 import binascii
-import hashlib
 import os
 import struct
 
 from .wire import VERSION
+
+# SHA-256 from CPython's own _sha256 where there is one (3.11): hashlib loads OpenSSL's
+# whole digest table and blake2 besides, about 0.25 MB of resident memory for the
+# daemon's life, for a few hashes per client at start-up. base64 is left out for the
+# same reason: binascii does the work (base64 calls it too).
+try:
+    from _sha256 import sha256
+except ImportError:  # 3.12+ renamed it; or a build without it
+    from hashlib import sha256
 
 PSK_LEN = 32
 SIV_KEY_LEN = 64  # AES-256-SIV: two AES-256 keys
@@ -28,7 +35,7 @@ class KeyFormatError(ValueError):
 
 
 def generate_key(rng=os.urandom) -> str:
-    return base64.b64encode(rng(PSK_LEN)).decode("ascii")
+    return binascii.b2a_base64(rng(PSK_LEN), newline=False).decode("ascii")
 
 
 def decode_key(text: str) -> bytes:
@@ -37,7 +44,8 @@ def decode_key(text: str) -> bytes:
     if not text:
         raise KeyFormatError("key is empty")
     try:
-        raw = base64.b64decode(text, validate=True)
+        # = base64.b64decode(text, validate=True); a non-ASCII str raises ValueError
+        raw = binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
     except (binascii.Error, ValueError):
         raise KeyFormatError("key is not valid base64") from None
     if len(raw) != PSK_LEN:
@@ -45,7 +53,7 @@ def decode_key(text: str) -> bytes:
     return raw
 
 
-# HMAC-SHA256 (RFC 2104) over hashlib: the key's padded inner and outer hash states are
+# HMAC-SHA256 (RFC 2104) over sha256 objects: the key's padded inner and outer hash states are
 # computed once and copied per message, as the pure-Python path of the standard
 # library's hmac module does. A server derives two keys per client at start-up, and
 # with OpenSSL 3 every hmac.digest()/hmac.new() call pays an algorithm fetch: this way
@@ -58,9 +66,9 @@ _OPAD = bytes(x ^ 0x5C for x in range(256))
 def _hmac_key(key: bytes):
     """The (inner, outer) SHA-256 states of HMAC keyed with `key`."""
     if len(key) > _HMAC_BLOCK:
-        key = hashlib.sha256(key).digest()
+        key = sha256(key).digest()
     key = key.ljust(_HMAC_BLOCK, b"\0")
-    return hashlib.sha256(key.translate(_IPAD)), hashlib.sha256(key.translate(_OPAD))
+    return sha256(key.translate(_IPAD)), sha256(key.translate(_OPAD))
 
 
 def _hmac(keyed, message: bytes) -> bytes:

@@ -9,7 +9,6 @@ check) before any crypto, and the replay window moves only after authentication.
 
 import math
 import os
-from dataclasses import dataclass
 
 from . import keys, timesync, wire
 from .replay import ReplayWindow
@@ -31,28 +30,60 @@ def _timestamp(low8: int, now: float):
     return timestamp if 0 <= timestamp <= _U64_MAX else None
 
 
-@dataclass(frozen=True, slots=True)
-class Opened:
-    client_id: int
-    kind: Kind
-    body: bytes
-    restarted: bool = False  # the sender restarted (new counter) and was re-accepted
-    clock_offset: float | None = None  # TIME_RESPONSE: correction for the client's clock
+# The decisions are plain slotted classes rather than frozen dataclasses: dataclasses
+# costs about 1 MB resident (it imports inspect, ast and dis), and a plain __init__ is
+# cheaper per packet than a frozen one. They compare equal by value, like dataclasses.
+class _Decision:
+    __slots__ = ()
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other):
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self):
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({fields})"
 
 
-@dataclass(frozen=True, slots=True)
-class Dropped:
-    reason: Drop
-    client_id: int | None = None
-    detail: str = ""
+class Opened(_Decision):
+    """An authenticated packet. `restarted`: the sender restarted (new counter) and was
+    re-accepted; `clock_offset` (TIME_RESPONSE): correction for the client's clock."""
+
+    __slots__ = ("client_id", "kind", "body", "restarted", "clock_offset")
+
+    def __init__(self, client_id: int, kind: Kind, body: bytes, restarted: bool = False,
+                 clock_offset: float | None = None):
+        self.client_id = client_id
+        self.kind = kind
+        self.body = body
+        self.restarted = restarted
+        self.clock_offset = clock_offset
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Dropped(_Decision):
+    __slots__ = ("reason", "client_id", "detail")
+
+    def __init__(self, reason: Drop, client_id: int | None = None, detail: str = ""):
+        self.reason = reason
+        self.client_id = client_id
+        self.detail = detail
+
+
+class Reply(_Decision):
     """A packet to send back to the datagram's source (the time-sync answer)."""
 
-    client_id: int
-    packet: bytes
+    __slots__ = ("client_id", "packet")
+
+    def __init__(self, client_id: int, packet: bytes):
+        self.client_id = client_id
+        self.packet = packet
 
 
 class Sender:

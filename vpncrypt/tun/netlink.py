@@ -206,4 +206,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    os.chdir("/")  # tun.linux starts us from the daemon's directory: hold on to none
     sys.exit(main())
