@@ -1431,12 +1431,18 @@ cdef class Engine:
                        double mono) noexcept nogil:
         """Commit the message tx_open started: nseg datagrams of segsize bytes (last shorter)."""
         cdef int i = tx.count
+        tx.iovs[i].iov_len = 0
+        tx.nseg[i], tx.segsize[i] = 0, segsize
+        tx.count += 1
+        self.tx_grow(tx, length, nseg, mono)
+
+    cdef void tx_grow(self, Tx *tx, size_t length, int nseg, double mono) noexcept nogil:
+        """Add nseg datagrams (length bytes, already in place) to the batch's last message."""
+        cdef int i = tx.count - 1
         cdef Peer *p = tx.owners[i]
         cdef cmsghdr *c
-        cdef uint16_t gso = <uint16_t>segsize
-        tx.iovs[i].iov_len = length
-        tx.nseg[i], tx.segsize[i] = nseg, segsize
-        if nseg > 1:
+        cdef uint16_t gso = tx.segsize[i]
+        if tx.nseg[i] <= 1 and tx.nseg[i] + nseg > 1:
             self.gso_sends += 1
             tx.msgs[i].msg_hdr.msg_control = &tx.ctrl[i * 4]
             tx.msgs[i].msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
@@ -1444,12 +1450,27 @@ cdef class Engine:
             c.cmsg_level, c.cmsg_type = SOL_UDP, UDP_SEGMENT
             c.cmsg_len = CMSG_LEN(sizeof(uint16_t))
             memcpy(CMSG_DATA(c), &gso, sizeof(uint16_t))
-        tx.count += 1
+        tx.iovs[i].iov_len += length
+        tx.nseg[i] += nseg
         tx.used += length
         p.tx_packets += nseg
         p.tx_bytes += length
         if p.first_unanswered == 0 or p.first_unanswered < p.last_rx:
             p.first_unanswered = mono
+
+    cdef uint8_t *tx_tail(self, Tx *tx, Peer *p, size_t n) noexcept nogil:
+        """Where one more datagram of n bytes for p can join the batch's last message as a
+        UDP GSO segment (small packets of one flow are all the same size), or NULL: the
+        message must be p's, its datagrams all n bytes so far (a shorter one ends it),
+        and stay within the kernel's GSO limits."""
+        cdef int i = tx.count - 1
+        if not self.offload & OFF_GSO or i < 0 or tx.owners[i] != p:
+            return NULL
+        if n > tx.segsize[i] or tx.iovs[i].iov_len != <size_t>tx.nseg[i] * tx.segsize[i]:
+            return NULL
+        if tx.nseg[i] >= GSO_MAX_SEGS or tx.iovs[i].iov_len + n > GSO_MAX_BYTES:
+            return NULL
+        return <uint8_t *>tx.iovs[i].iov_base + tx.iovs[i].iov_len
 
     cdef int send_one(self, const void *buf, size_t n, const msghdr *m) noexcept nogil:
         while sendto(self.sock_fd, buf, n, 0, m.msg_name, m.msg_namelen) < 0:
@@ -1616,6 +1637,11 @@ cdef class Engine:
                         self.emit(EV_TOO_BIG, 0, p.id, NULL, 0, pkt, min(r, TOO_BIG_SAMPLE))
                     continue
                 if r > MAX_DATAGRAM - OVERHEAD:
+                    continue
+                o = self.tx_tail(tx, p, OVERHEAD + r)
+                if o != NULL:
+                    if self.seal_into(p, o, pkt, r, ts):
+                        self.tx_grow(tx, OVERHEAD + r, 1, mono)
                     continue
                 o = self.tx_open(tx, p)
                 if self.seal_into(p, o, pkt, r, ts):
