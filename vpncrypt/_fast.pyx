@@ -626,10 +626,13 @@ DEF HEADROOM = 16     # room in front of a packet for the TUN's frame prefix
 DEF OFF_VNET = 1      # the TUN speaks virtio_net_hdr: TSO super-packets in, checksums to finish
 DEF OFF_GSO = 2       # UDP_SEGMENT: one send carries many equal-size datagrams
 DEF OFF_GRO = 4       # UDP_GRO: one receive returns many datagrams of one sender
+DEF OFF_USO = 8       # the TUN takes and gives UDP super-packets (Linux >= 6.2)
 DEF VNET_LEN = 10     # sizeof(struct virtio_net_hdr)
 DEF VNET_F_NEEDS_CSUM = 1
 DEF VNET_GSO_TCPV4 = 1
 DEF VNET_GSO_TCPV6 = 4
+DEF VNET_GSO_UDP_L4 = 5
+DEF USO_MAX_SEGS = 64     # segments of a UDP super-packet we write (the kernel's UDP limit)
 DEF GSO_MAX_SEGS = 64     # the kernel's UDP_MAX_SEGMENTS
 DEF GSO_MAX_BYTES = 65487 # largest UDP payload over IPv6 (65507 over IPv4)
 DEF TX_BYTES = 262144     # a send batch flushes past this: bounds the buffer memory touched
@@ -908,18 +911,20 @@ cdef inline void csum_store(uint8_t *field, uint64_t sum) noexcept nogil:
     memcpy(field, &r, 2)
 
 
-cdef inline uint64_t tcp_pseudo_sum(const uint8_t *p, int version, Py_ssize_t tcp_len) noexcept nogil:
-    """One's complement sum of the TCP pseudo-header of IP packet p (RFC 793 / RFC 8200)."""
+cdef inline uint64_t pseudo_sum(const uint8_t *p, int version, Py_ssize_t l4_len,
+                                int proto) noexcept nogil:
+    """One's complement sum of the TCP/UDP pseudo-header of IP packet p (RFC 793, 768,
+    8200)."""
     cdef uint8_t pseudo[40]
     if version == 4:
         memcpy(pseudo, p + 12, 8)
-        pseudo[8], pseudo[9] = 0, 6
-        put16(pseudo + 10, <uint32_t>tcp_len)
+        pseudo[8], pseudo[9] = 0, <uint8_t>proto
+        put16(pseudo + 10, <uint32_t>l4_len)
         return csum_add(0, pseudo, 12)
     memcpy(pseudo, p + 8, 32)
-    put32(pseudo + 32, <uint32_t>tcp_len)
+    put32(pseudo + 32, <uint32_t>l4_len)
     pseudo[36] = pseudo[37] = pseudo[38] = 0
-    pseudo[39] = 6
+    pseudo[39] = <uint8_t>proto
     return csum_add(0, pseudo, 40)
 
 
@@ -941,7 +946,38 @@ cdef inline void tcp_csum(uint8_t *seg, int version, int l3, Py_ssize_t n) noexc
     """Full TCP checksum of a segment whose IP header is l3 bytes."""
     cdef uint8_t *tcp = seg + l3
     tcp[16] = tcp[17] = 0
-    csum_store(tcp + 16, csum_add(tcp_pseudo_sum(seg, version, n - l3), tcp, n - l3))
+    csum_store(tcp + 16, csum_add(pseudo_sum(seg, version, n - l3, 6), tcp, n - l3))
+
+
+cdef inline void udp_csum(uint8_t *seg, int version, int l3, Py_ssize_t n) noexcept nogil:
+    """Full UDP checksum of a datagram whose IP header is l3 bytes (0 goes out as 0xFFFF)."""
+    cdef uint8_t *udp = seg + l3
+    udp[6] = udp[7] = 0
+    csum_store(udp + 6, csum_add(pseudo_sum(seg, version, n - l3, 17), udp, n - l3))
+    if udp[6] == 0 and udp[7] == 0:
+        udp[6] = udp[7] = 0xFF
+
+
+cdef inline int udp_coalescable(const uint8_t *p, Py_ssize_t n, int *l3) noexcept nogil:
+    """A UDP datagram that may join a UDP GSO super-packet: no IP options, fragment or
+    IPv6 extension header, consistent lengths, a payload, and a checksum that is there
+    and correct (the kernel does not check what we coalesce)."""
+    cdef int version = p[0] >> 4
+    cdef const uint8_t *udp
+    if version == 4 and n > 28:
+        l3[0] = 20
+        if p[0] != 0x45 or p[9] != 17 or (p[6] & 0x3F) or p[7] or ((p[2] << 8) | p[3]) != n:
+            return 0
+    elif version == 6 and n > 48:
+        l3[0] = 40
+        if p[6] != 17 or ((p[4] << 8) | p[5]) + 40 != n:
+            return 0
+    else:
+        return 0
+    udp = p + l3[0]
+    if ((udp[4] << 8) | udp[5]) != n - l3[0] or (udp[6] == 0 and udp[7] == 0):
+        return 0
+    return csum_fold(csum_add(pseudo_sum(p, version, n - l3[0], 17), udp, n - l3[0])) == 0xFFFF
 
 
 cdef inline int coalescable(const uint8_t *p, Py_ssize_t n, int *l3, int *hl) noexcept nogil:
@@ -967,12 +1003,12 @@ cdef inline int coalescable(const uint8_t *p, Py_ssize_t n, int *l3, int *hl) no
     hl[0] = l3[0] + (tcp[12] >> 4) * 4
     if hl[0] < l3[0] + 20 or hl[0] >= n or (tcp[13] & ~0x08) != 0x10:   # ACK, maybe PSH
         return 0
-    return csum_fold(csum_add(tcp_pseudo_sum(p, version, n - l3[0]), tcp, n - l3[0])) == 0xFFFF
+    return csum_fold(csum_add(pseudo_sum(p, version, n - l3[0], 6), tcp, n - l3[0])) == 0xFFFF
 
 
 cdef inline int same_flow(const Coal *co, const uint8_t *p, int l3, int hl) noexcept nogil:
-    """p continues co's flow: same addresses, ports, ack, window and options, and for
-    IPv4 the same TOS, TTL and DF; and its sequence number follows on."""
+    """p continues co's flow: same addresses and ports, for IPv4 the same TOS, TTL and
+    DF; for TCP also the same ack, window and options, and its sequence number follows."""
     cdef const uint8_t *a = co.buf + HEADROOM
     cdef const uint8_t *t = p + l3
     cdef const uint8_t *u = a + l3
@@ -984,6 +1020,8 @@ cdef inline int same_flow(const Coal *co, const uint8_t *p, int l3, int hl) noex
             return 0
     elif memcmp(p, a, 4) != 0 or memcmp(p + 8, a + 8, 32) != 0:
         return 0
+    if co.proto == 17:   # UDP: the same ports is the same flow
+        return memcmp(t, u, 4) == 0
     return (memcmp(t, u, 4) == 0 and memcmp(t + 8, u + 8, 5) == 0
             and memcmp(t + 14, u + 14, 2) == 0 and memcmp(t + 20, u + 20, hl - l3 - 20) == 0
             and ((t[4] << 24) | (t[5] << 16) | (t[6] << 8) | t[7]) == co.next_seq)
@@ -1022,7 +1060,7 @@ def _address(raw):
 cdef struct Coal:
     uint8_t *buf                    # HEADROOM + 65535 bytes; the packet at buf + HEADROOM
     Py_ssize_t len                  # 0: nothing pending
-    int version, l3, hl, nseg
+    int version, proto, l3, hl, nseg  # proto: 6 (TCP) or 17 (UDP, with OFF_USO)
     Py_ssize_t mss                  # payload bytes of the first segment
     uint32_t next_seq
 
@@ -1516,10 +1554,12 @@ cdef class Engine:
 
     cdef void seal_tso(self, Tx *tx, Peer *p, const uint8_t *pkt, Py_ssize_t r,
                        const VnetHdr *vh, int64_t ts, double mono) noexcept nogil:
-        """Cut a TCP super-packet from the TUN into MSS-size segments (headers and
-        checksums as the kernel's own segmentation makes them), seal each in place, and
+        """Cut a TCP super-packet from the TUN into MSS-size segments, or a UDP one (an
+        application's UDP GSO send, with OFF_USO) into its datagrams, with headers and
+        checksums as the kernel's own segmentation makes them; seal each in place, and
         queue them as few UDP GSO messages as the size limits allow."""
         cdef int version = pkt[0] >> 4, l3 = 0, hl = 0, per, k = 0, i, nseg, ok
+        cdef int udp = (vh.gso_type & 0x7F) == VNET_GSO_UDP_L4 and self.offload & OFF_USO
         cdef Py_ssize_t mss = vh.gso_size, payload, chunk, n, full
         cdef size_t off = 0
         cdef uint32_t seq0
@@ -1527,20 +1567,20 @@ cdef class Engine:
         cdef uint8_t *o = NULL
         cdef uint8_t *seg
         cdef uint8_t *tcp
-        if version == 4 and r >= 20 and (vh.gso_type & 0x7F) == VNET_GSO_TCPV4:
+        if version == 4 and r >= 20 and (udp or (vh.gso_type & 0x7F) == VNET_GSO_TCPV4):
             l3 = (pkt[0] & 15) * 4
-            ok = pkt[9] == 6
-        elif version == 6 and r >= 40 and (vh.gso_type & 0x7F) == VNET_GSO_TCPV6:
+            ok = pkt[9] == (17 if udp else 6)
+        elif version == 6 and r >= 40 and (udp or (vh.gso_type & 0x7F) == VNET_GSO_TCPV6):
             l3 = 40
-            ok = pkt[6] == 6   # no extension headers: the kernel's TSO6 sends none here
+            ok = pkt[6] == (17 if udp else 6)   # no extension headers: none sent here
         else:
             ok = 0
         if ok:
-            ok = l3 >= 20 and r >= l3 + 20
+            ok = l3 >= 20 and r >= l3 + (8 if udp else 20)
         if ok:
-            hl = l3 + (pkt[l3 + 12] >> 4) * 4
+            hl = l3 + (8 if udp else (pkt[l3 + 12] >> 4) * 4)
             full = OVERHEAD + hl + mss
-            ok = hl >= l3 + 20 and hl <= r and mss >= 1 and full <= MAX_DATAGRAM
+            ok = hl >= l3 + (8 if udp else 20) and hl <= r and mss >= 1 and full <= MAX_DATAGRAM
         if not ok:
             self.drops[D_BAD_PACKET] += 1
             p.drops[D_BAD_PACKET] += 1
@@ -1571,12 +1611,16 @@ cdef class Engine:
             else:
                 put16(seg + 4, <uint32_t>(n - 40))
             tcp = seg + l3
-            put32(tcp + 4, seq0 + <uint32_t>(i * mss))
-            if i < nseg - 1:
-                tcp[13] &= ~(0x01 | 0x08)   # FIN and PSH only on the last segment
-            if i > 0:
-                tcp[13] &= ~0x80            # CWR only on the first
-            tcp_csum(seg, version, l3, n)
+            if udp:
+                put16(tcp + 4, <uint32_t>(n - l3))
+                udp_csum(seg, version, l3, n)
+            else:
+                put32(tcp + 4, seq0 + <uint32_t>(i * mss))
+                if i < nseg - 1:
+                    tcp[13] &= ~(0x01 | 0x08)   # FIN and PSH only on the last segment
+                if i > 0:
+                    tcp[13] &= ~0x80            # CWR only on the first
+                tcp_csum(seg, version, l3, n)
             if not self.seal_into(p, o + off, seg, n, ts):
                 break
             off += OVERHEAD + n
@@ -1755,11 +1799,14 @@ cdef class Engine:
         cdef Py_ssize_t payload
         cdef uint8_t *tcp
         cdef int ok = not self.no_coalesce and coalescable(plain, body, &l3, &hl)
+        if not ok and self.offload & OFF_USO and udp_coalescable(plain, body, &l3):
+            self.deliver_udp(co, plain, body, l3)
+            return
         if ok:
             payload = body - hl
             tcp = plain + l3
-            if co.len and same_flow(co, plain, l3, hl) and payload <= co.mss and \
-                    co.len + payload <= 65535:
+            if co.len and co.proto == 6 and same_flow(co, plain, l3, hl) and \
+                    payload <= co.mss and co.len + payload <= 65535:
                 memcpy(co.buf + HEADROOM + co.len, plain + hl, payload)
                 co.len += payload
                 co.nseg += 1
@@ -1772,7 +1819,7 @@ cdef class Engine:
             if not tcp[13] & 0x08:
                 memcpy(co.buf + HEADROOM, plain, body)
                 co.len, co.version, co.l3, co.hl, co.nseg = body, plain[0] >> 4, l3, hl, 1
-                co.mss = payload
+                co.proto, co.mss = 6, payload
                 co.next_seq = ((tcp[4] << 24) | (tcp[5] << 16) | (tcp[6] << 8) | tcp[7]) + \
                               <uint32_t>payload
                 return
@@ -1780,6 +1827,23 @@ cdef class Engine:
             self.flush_coal(co)
         memset(plain - VNET_LEN, 0, VNET_LEN)   # no GSO, checksums complete
         self.write_tun(plain - VNET_LEN, body + VNET_LEN)
+
+    cdef void deliver_udp(self, Coal *co, uint8_t *plain, Py_ssize_t body, int l3) noexcept nogil:
+        """A checked UDP datagram joins the pending UDP super-packet of its flow (same
+        size as the first, or shorter and last), or starts one."""
+        cdef Py_ssize_t payload = body - l3 - 8
+        if co.len and co.proto == 17 and same_flow(co, plain, l3, l3 + 8) and \
+                payload <= co.mss and co.len + payload <= 65535 and co.nseg < USO_MAX_SEGS:
+            memcpy(co.buf + HEADROOM + co.len, plain + l3 + 8, payload)
+            co.len += payload
+            co.nseg += 1
+            if payload < co.mss:
+                self.flush_coal(co)
+            return
+        self.flush_coal(co)
+        memcpy(co.buf + HEADROOM, plain, body)
+        co.len, co.version, co.l3, co.hl, co.nseg = body, plain[0] >> 4, l3, l3 + 8, 1
+        co.proto, co.mss = 17, payload
 
     cdef void flush_coal(self, Coal *co) noexcept nogil:
         cdef uint8_t *p = co.buf + HEADROOM
@@ -1796,20 +1860,31 @@ cdef class Engine:
                 ip4_csum(p, co.l3)
             else:
                 put16(p + 4, <uint32_t>(co.len - 40))
-            folded = csum_fold(tcp_pseudo_sum(p, co.version, co.len - co.l3))
-            memcpy(p + co.l3 + 16, &folded, 2)
+            folded = csum_fold(pseudo_sum(p, co.version, co.len - co.l3, co.proto))
             vh.flags = VNET_F_NEEDS_CSUM
-            vh.gso_type = VNET_GSO_TCPV4 if co.version == 4 else VNET_GSO_TCPV6
             vh.hdr_len = <uint16_t>co.hl
             vh.gso_size = <uint16_t>co.mss
             vh.csum_start = <uint16_t>co.l3
-            vh.csum_offset = 16
+            if co.proto == 17:
+                put16(p + co.l3 + 4, <uint32_t>(co.len - co.l3))
+                memcpy(p + co.l3 + 6, &folded, 2)
+                vh.gso_type = VNET_GSO_UDP_L4
+                vh.csum_offset = 6
+            else:
+                memcpy(p + co.l3 + 16, &folded, 2)
+                vh.gso_type = VNET_GSO_TCPV4 if co.version == 4 else VNET_GSO_TCPV6
+                vh.csum_offset = 16
             self.coalesced_packets += 1
             self.coalesced_segments += co.nseg
         memcpy(p - VNET_LEN, &vh, VNET_LEN)
         if not self.write_tun(p - VNET_LEN, co.len + VNET_LEN) and co.nseg > 1 \
                 and errno == EINVAL:
-            self.no_coalesce = True   # this kernel will not take them; TCP resends the lost
+            # This kernel will not take them: stop (TCP resends the lost; for UDP the
+            # datagrams of this one super-packet are gone, as on a full queue).
+            if co.proto == 17:
+                self.offload &= ~OFF_USO
+            else:
+                self.no_coalesce = True
         co.len = 0
 
     cdef void udp_loop(self) noexcept nogil:

@@ -16,7 +16,7 @@ from ..protocol import wire
 
 EV_PACKET, EV_ENDPOINT, EV_DROP, EV_TOO_BIG = 1, 2, 3, 4
 # The Engine's offload flags (_fast.pyx OFF_*) and the Linux UDP socket options behind two.
-OFF_VNET, OFF_GSO, OFF_GRO = 1, 2, 4
+OFF_VNET, OFF_GSO, OFF_GRO, OFF_USO = 1, 2, 4, 8
 SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104
 
 
@@ -39,9 +39,13 @@ class EngineSender:
         return self.engine.seal(self.index, ptype, timestamp, bytes(body))
 
 
-def socket_offloads(sock) -> int:
-    """OFF_VNET plus the UDP offloads this kernel has for `sock` (GRO is switched on)."""
-    flags = OFF_VNET
+def socket_offloads(sock, tun_offloads) -> int:
+    """The Engine's offload flags: none without a virtio-header TUN; else OFF_VNET, OFF_USO
+    if the TUN took UDP super-packets, and the UDP offloads this kernel has for `sock`
+    (GRO is switched on)."""
+    if not tun_offloads:
+        return 0
+    flags = OFF_VNET | (OFF_USO if "uso4" in tun_offloads else 0)
     try:
         sock.getsockopt(SOL_UDP, UDP_SEGMENT)  # Linux >= 4.18
         flags |= OFF_GSO
@@ -69,13 +73,15 @@ class NativePath:
         self._stop_r, self._stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.engine = _fast.Engine(server, tun.fd, sock.fileno(), sock.family,
                                    events_w.fileno(), self._stop_r, tun.frame_prefix, server_id,
-                                   socket_offloads(sock) if tun.offloads else 0)
+                                   socket_offloads(sock, tun.offloads))
         self.threads = []
         self.tun_offloads = tun.offloads
 
     def offloads_in_use(self) -> list:
         flags = self.engine.offload
         used = [name for name in self.tun_offloads if name in ("csum", "tso4", "tso6")]
+        if flags & OFF_USO:  # cleared if the TUN refused a UDP super-packet after all
+            used += [name for name in self.tun_offloads if name in ("uso4", "uso6")]
         return used + [name for bit, name in ((OFF_GSO, "udp-gso"), (OFF_GRO, "udp-gro"))
                        if flags & bit]
 

@@ -48,7 +48,7 @@ IFF_NO_PI = 0x1000
 # the kernel hand over TCP super-packets (TSO) and packets whose checksum is left to us.
 IFF_VNET_HDR = 0x4000
 TUNSETOFFLOAD = 0x400454D0
-TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6 = 0x01, 0x02, 0x04, 0x20, 0x40
 VNET_HDR_LEN = 10
 IFNAMSIZ = 16  # including the terminating NUL, hence 15 usable bytes
 
@@ -166,8 +166,10 @@ def open_tun(name: str, offload: bool = False) -> LinuxTun:
 
 
 def _set_offloads(fd: int) -> tuple[str, ...]:
-    # Older kernels may refuse TSO6 or all of it; the header stays either way.
-    for bits, names in ((TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6, ("csum", "tso4", "tso6")),
+    # Older kernels may refuse USO (before 6.2), TSO6 or all of it; the header stays.
+    tso = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+    for bits, names in ((tso | TUN_F_USO4 | TUN_F_USO6, ("csum", "tso4", "tso6", "uso4", "uso6")),
+                        (tso, ("csum", "tso4", "tso6")),
                         (TUN_F_CSUM | TUN_F_TSO4, ("csum", "tso4")),
                         (TUN_F_CSUM, ("csum",))):
         try:
