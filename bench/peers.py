@@ -477,7 +477,7 @@ class Vpncrypt(System):
     ifname = "vpn0"
     loop_env: str | None = None
     extra_conf = ""
-    expect_log = r"native loop \(offloads: csum, tso4, tso6, udp-gso, udp-gro\)"
+    expect_log = r"native loop \(offloads: csum, tso4, tso6, (uso4, uso6, )?udp-gso, udp-gro\)"
 
     def available(self) -> str | None:
         return None if os.path.exists(PYTHON) else f"{PYTHON} missing"
