@@ -133,6 +133,15 @@ static inline void put64(uint8_t *p, uint64_t v)
     put32(p + 4, (uint32_t)v);
 }
 
+/* A big-endian 64-bit store in one move (the CTR counter blocks, _fast.pyx vc_put_be64). */
+static inline void put_be64(uint8_t *p, uint64_t v)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    memcpy(p, &v, 8);
+}
+
 /* Header: type | client id | timestamp low byte | counter (wire.py pack_header). */
 static inline void build_header(uint8_t *p, uint8_t ptype, uint32_t client_id, uint64_t ts,
                                 uint32_t counter)
@@ -295,8 +304,8 @@ static int ctr(Siv *s, const uint8_t *v, const uint8_t *src, int n, uint8_t *dst
         k = n - off < CHUNK ? n - off : CHUNK;
         nb = (k + 15) / 16;
         for (j = 0; j < nb; j++) {
-            put64(ks + 16 * j, hi);
-            put64(ks + 16 * j + 8, lo);
+            put_be64(ks + 16 * j, hi);  /* one byte swap each, as the core's vc_put_be64 */
+            put_be64(ks + 16 * j + 8, lo);
             lo += 1;
             hi += lo == 0;
         }

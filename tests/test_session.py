@@ -161,6 +161,10 @@ def test_receiver_clock_stepped_back_is_diagnosed(ctx, engine_newest):
         got = srv.open(packet, NOW - 600)
     assert got.reason == Drop.CLOCK_SKEW, got
     assert "receiver clock stepped back" in got.detail and "600 s" in got.detail
+    # A forgery that looks the same (one bit of the tag flipped) is not diagnosed so.
+    forged = bytearray(cl.seal(Kind.DATA, b"w", NOW - 600))
+    forged[9] ^= 1
+    assert srv.open(bytes(forged), NOW - 600).reason == Drop.STALE
     # A stale packet within the clock window stays a stale packet.
     assert srv.open(cl.seal(Kind.DATA, b"z", NOW - 100), NOW - 100).reason == Drop.STALE
 

@@ -55,7 +55,7 @@ def render_table(doc: dict) -> str:
     off = doc.get("offloads")
     if doc.get("loop"):
         lines.append(f"  loop: {doc['loop']}" + (
-            f"; offloads {', '.join(off['in_use']) or 'none'} ({off['tso_packets']} TCP "
+            f"; offloads {', '.join(off['in_use']) or 'none'} ({off['tso_packets']} "
             f"super-packets cut into {off['tso_segments']}, {off['gro_datagrams']} datagrams "
             f"in {off['gro_messages']} GRO receives)" if off else ""))
     lines.append(f"  transfer: {t['rx_packets']} packets / {_bytes(t['rx_bytes'])} received, "

@@ -153,7 +153,9 @@ class Receiver:
         client_id = self.ctx.client_id
         if newest is None:
             newest = self.window.newest
-        if reason is Drop.STALE and newest is not None and newest - now > wire.CLOCK_WINDOW:
+        # (Only for a packet that authenticates: a forgery must not steer the diagnosis.)
+        if reason is Drop.STALE and newest is not None and newest - now > wire.CLOCK_WINDOW \
+                and self.ctx.open(packet, timestamp) is not None:
             return Dropped(Drop.CLOCK_SKEW, client_id,
                            f"receiver clock stepped back: the sender's newest packet is "
                            f"{int(newest) - int(now)} s ahead of it")
