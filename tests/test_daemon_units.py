@@ -147,3 +147,41 @@ def test_log_lines_keep_the_logging_formats(monkeypatch, capsys, tmp_path):
         syslogd.recv(4096)
     logs.log._syslog.close()
     logs.log.__init__()
+
+
+DROP_CHILD = """
+import os, sys
+from vpncrypt.daemon import privileges
+if sys.argv[1] == "ctypes":  # the path taken without the native extension
+    sys.modules["vpncrypt._fast"] = None
+import pwd
+privileges.drop(pwd.getpwnam("nobody"))
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(status["Uid"].split()[0], int(status["CapEff"], 16), int(status["CapPrm"], 16),
+      "ctypes" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("path", ["native", "ctypes"])
+def test_privilege_drop_system_calls(path):
+    """prctl/capset through the extension (no ctypes in the daemon) and through ctypes
+    (no extension): the same uid and capabilities either way. Needs root: in CI, fails
+    rather than skips without it."""
+    import pwd
+    import subprocess
+    import sys
+
+    from netns import python_env
+    from vpncrypt.daemon import privileges
+
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("needs root to drop privileges (CI runs as root)")
+        pytest.skip("needs root")
+    out = subprocess.run([sys.executable, "-c", DROP_CHILD, path], capture_output=True,
+                         text=True, env=python_env(), timeout=60)
+    assert out.returncode == 0, out.stderr
+    uid, eff, prm, loaded_ctypes = out.stdout.split()
+    kept = sum(1 << cap for cap in privileges.KEPT)
+    assert (int(uid), int(eff), int(prm)) == (pwd.getpwnam("nobody").pw_uid, kept, kept)
+    assert loaded_ctypes == ("True" if path == "ctypes" else "False")

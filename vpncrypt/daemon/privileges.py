@@ -7,7 +7,6 @@ the root-only configuration and key files on SIGHUP). Linux only; elsewhere it s
 and stays as it is.
 """
 
-import ctypes
 import os
 import pwd
 import sys
@@ -20,13 +19,40 @@ _CAP_VERSION_3 = 0x20080522
 DEFAULT_USER = "nobody"
 
 
-class _Header(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+def _syscalls():
+    """(keep_caps(on), set_caps(mask)), each raising OSError: from the native extension,
+    or through ctypes without it (ctypes costs ~0.5 MB of resident memory for good)."""
+    try:
+        from .. import _fast
 
+        return _fast.keep_caps, _fast.set_caps
+    except ImportError:
+        pass
+    import ctypes
 
-class _Data(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+
+    def check(result):
+        if result != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    def keep_caps(on):
+        check(libc.prctl(_PR_SET_KEEPCAPS, int(on), 0, 0, 0))
+
+    def set_caps(mask):
+        header, data = Header(_CAP_VERSION_3, 0), (Data * 2)()
+        data[0].effective = data[0].permitted = mask
+        check(libc.capset(ctypes.byref(header), ctypes.byref(data)))
+
+    return keep_caps, set_caps
 
 
 class PrivilegeError(Exception):
@@ -52,12 +78,13 @@ def drop(entry, own_paths=()) -> None:
     """Become `entry`'s uid/gid with only KEPT capabilities. Must run before any other
     thread starts: capabilities are per thread. `own_paths` (the state directory) are
     handed to the new user first so it can clean up after itself."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    keep_caps, set_caps = _syscalls()
 
-    def check(result, what):
-        if result != 0:
-            err = ctypes.get_errno()
-            raise PrivilegeError(f"dropping privileges: {what}: {os.strerror(err)}")
+    def check(call, what, *args):
+        try:
+            call(*args)
+        except OSError as e:
+            raise PrivilegeError(f"dropping privileges: {what}: {e.strerror}") from None
 
     for path in own_paths:
         try:
@@ -65,7 +92,7 @@ def drop(entry, own_paths=()) -> None:
         except OSError as e:
             raise PrivilegeError(f"dropping privileges: cannot hand {path} to user "
                                  f"'{entry.pw_name}': {e.strerror} (needs CAP_CHOWN)") from None
-    check(libc.prctl(_PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
+    check(keep_caps, "prctl(PR_SET_KEEPCAPS)", True)
     try:
         os.setgroups([])
         os.setgid(entry.pw_gid)
@@ -76,8 +103,5 @@ def drop(entry, own_paths=()) -> None:
     mask = 0
     for cap in KEPT:
         mask |= 1 << cap
-    header = _Header(_CAP_VERSION_3, 0)
-    data = (_Data * 2)()
-    data[0].effective = data[0].permitted = mask
-    check(libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
-    check(libc.prctl(_PR_SET_KEEPCAPS, 0, 0, 0, 0), "prctl(PR_SET_KEEPCAPS, 0)")
+    check(set_caps, "capset", mask)
+    check(keep_caps, "prctl(PR_SET_KEEPCAPS, 0)", False)
