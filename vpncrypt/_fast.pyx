@@ -237,6 +237,10 @@ cdef extern from *:
     void vc_put_be64(uint8_t *p, uint64_t v) nogil
 
 
+cdef inline uint32_t get32(const uint8_t *p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
 cdef inline uint64_t get64(const uint8_t *p) noexcept nogil:
     return (<uint64_t>p[0] << 56) | (<uint64_t>p[1] << 48) | (<uint64_t>p[2] << 40) | \
            (<uint64_t>p[3] << 32) | (<uint64_t>p[4] << 24) | (<uint64_t>p[5] << 16) | \
@@ -1702,6 +1706,9 @@ cdef class Engine:
                 r -= self.frame_prefix
                 pkt = inbuf + self.frame_prefix
                 if r < 1:
+                    continue
+                if self.frame_prefix == 4 and get32(inbuf) != (2 if pkt[0] >> 4 == 4 else 28):
+                    self.drops[D_BAD_PACKET] += 1   # FreeBSD: the address family must agree
                     continue
                 p = self.route(pkt, r)
                 if p == NULL:
