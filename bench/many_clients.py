@@ -858,9 +858,11 @@ def render_part2(res: dict) -> str:
             f"{name} {s:.3f}" for name, s in res["imports"]["top"])]
     evp = res["evp"]
     out += ["", "### Profile: where per-client memory goes", "",
-            f"OpenSSL EVP_CIPHER_CTX: empty {evp['empty']:.0f} B, keyed with AES-256-SIV "
+            f"OpenSSL EVP_CIPHER_CTX (for scale; the native core no longer copies these): "
+            f"empty {evp['empty']:.0f} B, keyed with AES-256-SIV "
             f"{evp['keyed']:.0f} B, a work context after its first copy +{evp['copy_fill']:.0f} B. "
-            f"One `_fast.SivContext` (two keyed templates + one work context): "
+            f"One `_fast.SivContext` (a key: an AES-256-CBC and an AES-256-ECB context, "
+            f"keyed once, and the CMAC subkeys): "
             f"{res['sivcontext_native']:.0f} B native at creation, "
             f"+{res['sivcontext_first_use']:.0f} B "
             "after its first seal/open. A server client has two (one per direction).", "",
