@@ -51,7 +51,7 @@ class Client(Runtime):
         self.next_resolve = 0.0
         self.last_rx = None  # monotonic time of the last authenticated packet
         self.last_tx = 0.0
-        self._engine_tx = 0  # the native loop's packets sent, at the last tick
+        self._engine_data = (0, 0)  # the native loop's DATA sent, received: at the last tick
         self.unanswered_since = None  # monotonic time of our first send since the last answer
         self.last_recovery = 0.0
         self.server = None  # (family, sockaddr)
@@ -205,7 +205,7 @@ class Client(Runtime):
             self.native.engine.hold_tx = not self.synced and mono - self.started < FIRST_SYNC_WAIT
         if mono >= self.next_sync:
             self.request_sync(mono)
-        last_rx, unanswered = self.answers()
+        _, unanswered = self.answers()
         if mono >= self.next_resolve:
             self.start_resolve(mono)
         elif (unanswered is not None and mono - unanswered > SILENCE
@@ -219,13 +219,13 @@ class Client(Runtime):
             self.request_sync(mono)
         if self.native is not None:
             # Data the native loop sent keeps NAT mappings fresh as a keepalive would; while
-            # the server answers too, a keepalive would tell nothing new. (A one-way stream
+            # data comes back too, a keepalive would tell nothing new. (A one-way stream
             # keeps its keepalives: their answers are how we know the server is there.)
-            sent = self.native.engine.peer_stats(0)["tx_packets"]
-            if sent != self._engine_tx:
-                self._engine_tx = sent
-                if last_rx is not None and mono - last_rx < cfg.keepalive:
-                    self.last_tx = max(self.last_tx, mono)
+            stats = self.native.engine.peer_stats(0)
+            data = (stats["tx_packets"], stats["rx_packets"])  # DATA only, both ways
+            if data[0] != self._engine_data[0] and data[1] != self._engine_data[1]:
+                self.last_tx = max(self.last_tx, mono)
+            self._engine_data = data
         if (self.server and cfg.keepalive and mono - self.last_tx >= cfg.keepalive
                 and (self.synced or mono - self.started >= FIRST_SYNC_WAIT)):
             self.send_sealed(Kind.KEEPALIVE, KEEPALIVE_BODY, mono)
