@@ -77,6 +77,30 @@ def flood_result(proc, timeout: float) -> dict:
 # within 30 s (the flood's large datagrams, when the backlog dropped some fragments).
 FRAGMENT_REASSEMBLY_TIMEOUT = "icmp 11/1"
 
+# A one-way UDP stream through the tunnel (a camera, a log shipper): a sink that never
+# answers, on port 9999 of argv[1], and a source sending to it every 20 ms, for argv[2]
+# seconds or until killed.
+ONE_WAY_SINK = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 9999))
+print("ready", flush=True)
+while True:
+    s.recv(65536)
+"""
+
+ONE_WAY_SOURCE = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+end = time.monotonic() + float(sys.argv[2]) if len(sys.argv) > 2 else float("inf")
+while time.monotonic() < end:
+    try:
+        s.sendto(b"x" * 200, (sys.argv[1], 9999))
+    except OSError:  # the tunnel interface goes away at teardown
+        pass
+    time.sleep(0.02)
+"""
+
 
 def pcap_kinds(path: str) -> dict:
     """{"udp": n, "icmp TYPE/CODE": n, "ip proto N": n, "other": n} of an Ethernet pcap."""

@@ -180,30 +180,11 @@ def test_oversized_packet_is_answered_with_icmp_too_big(netns_factory, tmp_path,
     assert vpn.server.proc.poll() is None and vpn.clients[0].proc.poll() is None
 
 
-UDP_SINK = """
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], 9999))
-print("ready", flush=True)
-while True:
-    s.recv(65536)
-"""
-
-UDP_SOURCE = """
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-end = time.monotonic() + float(sys.argv[2])
-while time.monotonic() < end:
-    s.sendto(b"x" * 200, (sys.argv[1], 9999))
-    time.sleep(0.05)
-"""
-
-
 def test_keepalives_only_while_the_tunnel_is_idle(netns_factory, tmp_path):
     """A client sends keepalives (here every second) when it has sent nothing else: data
     that the native loop sends keeps NAT mappings and the server's view fresh already, so
     a client busy with traffic both ways sends none, and an idle one sends them again."""
-    from hostile import capture_client_packets
+    from hostile import ONE_WAY_SINK, ONE_WAY_SOURCE, capture_client_packets
 
     vpn = Deployment(netns_factory, tmp_path, keepalive=1).start()
     client = vpn.client_host()
@@ -224,11 +205,11 @@ def test_keepalives_only_while_the_tunnel_is_idle(netns_factory, tmp_path):
     idle = keepalives(lambda: time.sleep(4))
     # A one-way stream (nothing comes back) keeps them: their answers are the only sign
     # of a live server.
-    sink = vpn.server_host.popen([sys.executable, "-c", UDP_SINK, SERVER_TUN4],
+    sink = vpn.server_host.popen([sys.executable, "-c", ONE_WAY_SINK, SERVER_TUN4],
                                  stdout=subprocess.PIPE, text=True)
     assert sink.stdout.readline().strip() == "ready"
-    one_way = keepalives(lambda: client.run([sys.executable, "-c", UDP_SOURCE, SERVER_TUN4, "4"],
-                                            timeout=30))
+    one_way = keepalives(lambda: client.run(
+        [sys.executable, "-c", ONE_WAY_SOURCE, SERVER_TUN4, "4"], timeout=30))
     sink.kill()
     print(f"keepalives in 4 s: busy {busy}, idle {idle}, one-way {one_way}")
     assert busy == 0 and idle >= 3 and one_way >= 3, (busy, idle, one_way)

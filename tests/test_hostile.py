@@ -28,8 +28,9 @@ import pytest
 
 import clockstep
 from flooder import DEFAULT_WEIGHTS
-from hostile import (FLOOD_SERVER, FRAGMENT_REASSEMBLY_TIMEOUT, Flooder, capture_client_packets,
-                     delta, drops, flood_result, udp_snmp, vmrss_kb)
+from hostile import (FLOOD_SERVER, FRAGMENT_REASSEMBLY_TIMEOUT, ONE_WAY_SINK, ONE_WAY_SOURCE,
+                     Flooder, capture_client_packets, delta, drops, flood_result, udp_snmp,
+                     vmrss_kb)
 from netns import TESTS_DIR
 from vpnharness import (PORT, SERVER_TUN4, Daemon, Deployment, client_tun4, receiver_result,
                         start_receiver, start_sender, transfer)
@@ -326,26 +327,6 @@ def test_clock_step_mid_transfer_recovers(netns_factory, tmp_path, side, step):
     assert sync and abs(float(sync[-1]) - want) < 3, client_log[-3000:]
     assert vpn.server.proc.poll() is None and vpn.clients[0].proc.poll() is None
 
-
-ONE_WAY_SINK = """
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], 9999))
-print("ready", flush=True)
-while True:
-    s.recv(65536)
-"""
-
-ONE_WAY_SOURCE = """
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-while True:
-    try:
-        s.sendto(b"x" * 200, (sys.argv[1], 9999))
-    except OSError:  # the tunnel interface goes away at teardown
-        pass
-    time.sleep(0.02)
-"""
 
 @NETNS
 def test_clock_step_during_one_way_stream_recovers(netns_factory, tmp_path):
