@@ -109,6 +109,28 @@ def rollup(path):
     return out
 
 
+def mappings(pid, floor_kb=64):
+    """Rss and its anonymous part per mapped file ([heap], [anon], [stack] for the rest), kB,
+    largest first: says whether a figure is the interpreter, libcrypto or our own heap."""
+    agg = {}
+    name = None
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                head = line.split(None, 6)
+                if not head[0].endswith(":"):  # a mapping's first line: range perms off dev inode [path]
+                    name = head[5].strip() if len(head) > 5 else "[anon]"
+                    agg.setdefault(name, [0, 0])
+                elif head[0] == "Rss:":
+                    agg[name][0] += int(head[1])
+                elif head[0] == "Anonymous:":
+                    agg[name][1] += int(head[1])
+    except OSError:
+        return []
+    rows = sorted(agg.items(), key=lambda kv: -kv[1][0])
+    return [{"mapping": k, "Rss": r, "Anonymous": a} for k, (r, a) in rows if r >= floor_kb]
+
+
 def proc_cmdline(pid):
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -334,6 +356,7 @@ def run_deployment(args, python):
         sample()
         result["transfer"] = transfer
         result["end"] = {n: proc_status(p) for n, p in pids.items()}
+        result["end_mappings"] = {n: mappings(p) for n, p in pids.items()}
         time.sleep(2.0)
         result["after_idle_2s"] = {n: proc_status(p) for n, p in pids.items()}
         result["samples"] = samples

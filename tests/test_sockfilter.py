@@ -83,13 +83,27 @@ def make_receiver(family: int, role: str | None) -> socket.socket:
     return sock
 
 
+@pytest.fixture(params=["native", "ctypes"])
+def attach_via(request, monkeypatch):
+    """The filter attached through the extension (as the daemon does) or through the
+    ctypes fallback (the pure-Python install)."""
+    if request.param == "native":
+        if sockfilter._native_attach() is None:
+            if os.environ.get("CI"):
+                pytest.fail("the native extension is not built")
+            pytest.skip("the native extension is not built")
+    else:
+        monkeypatch.setattr(sockfilter, "_native_attach", lambda: None)
+    return request.param
+
+
 @pytest.mark.parametrize("role", ["server", "client"])
 @pytest.mark.parametrize("family,sender,dest", [
     (socket.AF_INET, socket.AF_INET, "127.0.0.1"),
     (socket.AF_INET6, socket.AF_INET, "127.0.0.1"),  # IPv4 to a dual-stack socket
     (socket.AF_INET6, socket.AF_INET6, "::1"),
 ], ids=["v4", "v4-to-dual-stack", "v6"])
-def test_filter_passes_exactly_what_the_role_receives(role, family, sender, dest):
+def test_filter_passes_exactly_what_the_role_receives(role, family, sender, dest, attach_via):
     if sender == socket.AF_INET6 and not socket.has_ipv6:
         pytest.skip("no IPv6")
     packets = datagrams(role)

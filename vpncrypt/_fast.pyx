@@ -42,6 +42,8 @@ cdef extern from "openssl/evp.h" nogil:
 
 cdef extern from "openssl/crypto.h" nogil:
     const char *OpenSSL_version(int t)
+    int OPENSSL_init_crypto(uint64_t opts, const void *settings)
+    uint64_t OPENSSL_INIT_NO_LOAD_CONFIG
     int OPENSSL_VERSION
     int CRYPTO_memcmp(const void *a, const void *b, size_t n)
 
@@ -66,6 +68,13 @@ PATH = "native"
 cdef EVP_CIPHER *CBC[3]
 cdef EVP_CIPHER *ECB[3]
 cdef int _i
+# AES from the default provider is all this needs: parsing openssl.cnf (and what it
+# pulls in) costs ~0.6 MB of resident memory, so it is read only when OPENSSL_CONF
+# names one explicitly.
+import os as _os
+if not _os.environ.get("OPENSSL_CONF"):
+    OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, NULL)
+del _os
 for _i, _bits in enumerate((b"128", b"192", b"256")):
     CBC[_i] = EVP_CIPHER_fetch(NULL, b"AES-" + _bits + b"-CBC", NULL)
     ECB[_i] = EVP_CIPHER_fetch(NULL, b"AES-" + _bits + b"-ECB", NULL)
@@ -508,8 +517,9 @@ cdef extern from "<poll.h>" nogil:
 from cpython.exc cimport PyErr_SetFromErrno
 
 
-# Privilege drop (daemon/privileges.py): prctl(PR_SET_KEEPCAPS) and capset(2) here, so the
-# running daemon does not load ctypes for two system calls (~0.5 MB resident).
+# Privilege drop (daemon/privileges.py): prctl(PR_SET_KEEPCAPS) and capset(2) here, and the
+# socket filter (daemon/sockfilter.py), so the running daemon does not load ctypes for
+# three system calls (~0.5 MB resident).
 cdef extern from *:
     """
     #include <errno.h>
@@ -518,7 +528,19 @@ cdef extern from *:
     #include <sys/syscall.h>
     #include <unistd.h>
     #include <linux/capability.h>
+    #include <linux/filter.h>
+    #include <sys/socket.h>
     static int vc_keepcaps(int on) { return prctl(PR_SET_KEEPCAPS, on, 0, 0, 0); }
+    static int vc_attach_filter(int fd, const void *code, size_t len) {
+        struct sock_fprog prog;
+        if (len == 0 || len % sizeof(struct sock_filter) || len / sizeof(struct sock_filter) > BPF_MAXINSNS) {
+            errno = EINVAL;
+            return -1;
+        }
+        prog.len = (unsigned short)(len / sizeof(struct sock_filter));
+        prog.filter = (struct sock_filter *)code;   /* the kernel copies it */
+        return setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog);
+    }
     static int vc_capset(unsigned int mask) {
         struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
         struct __user_cap_data_struct d[2];
@@ -529,10 +551,14 @@ cdef extern from *:
     #else
     static int vc_keepcaps(int on) { (void)on; errno = ENOSYS; return -1; }
     static int vc_capset(unsigned int mask) { (void)mask; errno = ENOSYS; return -1; }
+    static int vc_attach_filter(int fd, const void *code, size_t len) {
+        (void)fd; (void)code; (void)len; errno = ENOSYS; return -1;
+    }
     #endif
     """
     int vc_keepcaps(int on)
     int vc_capset(unsigned int mask)
+    int vc_attach_filter(int fd, const void *code, size_t len)
 
 
 def keep_caps(bint on):
@@ -544,6 +570,13 @@ def keep_caps(bint on):
 def set_caps(unsigned int mask):
     """capset(2): exactly the capabilities in mask (below 32), effective and permitted."""
     if vc_capset(mask) != 0:
+        PyErr_SetFromErrno(OSError)
+
+
+def attach_filter(int fd, bytes code):
+    """setsockopt(SO_ATTACH_FILTER) with a classic BPF program: code is its struct
+    sock_filter array (8 bytes an instruction, native byte order)."""
+    if vc_attach_filter(fd, <const char *>code, len(code)) != 0:
         PyErr_SetFromErrno(OSError)
 
 
@@ -681,6 +714,7 @@ DEF USO_MAX_SEGS = 64     # segments of a UDP super-packet we write (the kernel'
 DEF GSO_MAX_SEGS = 64     # the kernel's UDP_MAX_SEGMENTS
 DEF GSO_MAX_BYTES = 65487 # largest UDP payload over IPv6 (65507 over IPv4)
 DEF TX_BYTES = 262144     # a send batch flushes past this: bounds the buffer memory touched
+DEF TX_CAP = TX_BYTES + SLOT + BATCH * 16   # + the message that crossed it, + alignment
 DEF RX_GRO_MSGS = 4       # receive slots per call when each may hold 64 KB of datagrams
 # Event kinds sent to the Python side.
 DEF EV_PACKET = 1      # a non-DATA packet for the sans-IO core to decide
@@ -1115,7 +1149,7 @@ cdef struct Coal:
 cdef struct Tx:
     int count
     size_t used                     # bytes in the batch
-    uint8_t *bufs                   # BATCH * SLOT
+    uint8_t *bufs                   # TX_CAP: the batch's messages back to back
     mmsghdr msgs[BATCH]
     iovec iovs[BATCH]
     sockaddr_storage dests[BATCH]
@@ -1160,10 +1194,11 @@ cdef class Engine:
     cdef int stopping
 
     def __cinit__(self):
-        self.by_id = <int32_t *>malloc(65536 * sizeof(int32_t))
+        # index + 1 per client id, 0 = none: calloc'd pages stay untouched (and out of
+        # the resident set) until an id in them is configured
+        self.by_id = <int32_t *>calloc(65536, sizeof(int32_t))
         if self.by_id == NULL:
             raise MemoryError()
-        memset(self.by_id, 0xFF, 65536 * sizeof(int32_t))   # all -1
         self.peers = NULL
         self.routes.slots = NULL
 
@@ -1199,7 +1234,7 @@ cdef class Engine:
         A replaced peer keeps its endpoint, counters and replay window only if
         `keep_state` style reuse is wanted: callers remove and re-add to reset it."""
         cdef Peer *p
-        cdef int idx = self.by_id[client_id & 0xFFFF]
+        cdef int idx = self.by_id[client_id & 0xFFFF] - 1
         if idx >= 0:
             raise ValueError(f"client id {client_id} is already in the engine")
         if self.npeers == self.cap:
@@ -1217,21 +1252,21 @@ cdef class Engine:
         idx = self.npeers
         self.peers[idx] = p
         self.npeers += 1
-        self.by_id[client_id & 0xFFFF] = idx
+        self.by_id[client_id & 0xFFFF] = idx + 1
         return idx
 
     def remove_peer(self, uint32_t client_id):
         """Forget a peer (its slot stays, emptied, so indices of the others do not move)."""
-        cdef int idx = self.by_id[client_id & 0xFFFF]
+        cdef int idx = self.by_id[client_id & 0xFFFF] - 1
         if idx < 0:
             return
-        self.by_id[client_id & 0xFFFF] = -1
+        self.by_id[client_id & 0xFFFF] = 0
         pthread_mutex_destroy(&self.peers[idx].lock)
         free(self.peers[idx])
         self.peers[idx] = NULL
 
     def index_of(self, uint32_t client_id):
-        return self.by_id[client_id & 0xFFFF]
+        return self.by_id[client_id & 0xFFFF] - 1
 
     def set_routes(self, list routes):
         """routes: [(version, prefix length, address bytes (4 or 16), peer index)]."""
@@ -1494,9 +1529,13 @@ cdef class Engine:
     cdef uint8_t *tx_open(self, Tx *tx, Peer *p) noexcept nogil:
         """The buffer of the next message of the batch, addressed to p (flushes if full)."""
         cdef int i
+        cdef size_t at = 0
         if tx.count == BATCH or tx.used > TX_BYTES:
             self.tx_flush(tx)
         i = tx.count
+        if i:   # right after the last message (which can no longer grow), 16-byte aligned
+            at = <size_t>(<uint8_t *>tx.iovs[i - 1].iov_base - tx.bufs) + tx.iovs[i - 1].iov_len
+            at = (at + 15) & ~(<size_t>15)
         pthread_mutex_lock(&p.lock)
         memcpy(&tx.dests[i], &p.endpoint, p.endpoint_len)
         tx.msgs[i].msg_hdr.msg_namelen = p.endpoint_len
@@ -1506,9 +1545,9 @@ cdef class Engine:
         tx.msgs[i].msg_hdr.msg_iovlen = 1
         tx.msgs[i].msg_hdr.msg_control = NULL
         tx.msgs[i].msg_hdr.msg_controllen = 0
-        tx.iovs[i].iov_base = tx.bufs + <size_t>i * SLOT
+        tx.iovs[i].iov_base = tx.bufs + at
         tx.owners[i] = p
-        return tx.bufs + <size_t>i * SLOT
+        return tx.bufs + at
 
     cdef void tx_close(self, Tx *tx, size_t length, int nseg, int segsize,
                        double mono) noexcept nogil:
@@ -1687,7 +1726,7 @@ cdef class Engine:
         cdef double mono
         cdef const uint8_t *pkt
         if tx != NULL:
-            tx.bufs = <uint8_t *>malloc(<size_t>BATCH * SLOT)
+            tx.bufs = <uint8_t *>malloc(TX_CAP)
         if inbuf == NULL or tx == NULL or tx.bufs == NULL:
             free(inbuf)
             if tx != NULL:
@@ -1768,7 +1807,7 @@ cdef class Engine:
         ptype = pkt[0]
         cid = (pkt[1] << 8) | pkt[2]
         if self.server:
-            idx = self.by_id[cid]
+            idx = self.by_id[cid] - 1
         else:
             idx = 0 if self.npeers and self.peers[0] != NULL and self.peers[0].id == cid else -1
         p = self.peers[idx] if idx >= 0 else NULL

@@ -1,9 +1,9 @@
 """The client daemon: one server, found by name, kept reachable through NAT, clock synced to it."""
 
+import _thread
 import os
 import selectors
 import socket
-import threading
 import time
 
 from ..protocol.session import ClientSession, Opened
@@ -261,7 +261,7 @@ class Client(Runtime):
             except OSError:
                 pass
 
-        threading.Thread(target=work, name="resolve", daemon=True).start()
+        _thread.start_new_thread(work, ())
 
     def finish_resolve(self) -> None:
         result, self._resolved = self._resolved, None

@@ -12,10 +12,10 @@ needs only one formatted line per call. The lines are the ones logging wrote:
 `<priority>vpncryptd[PID]: message` datagrams (facility daemon) to /dev/log.
 """
 
+import _thread
 import os
 import socket
 import sys
-import threading
 import time
 
 DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
@@ -36,7 +36,7 @@ class Logger:
         self._syslog = None  # a connected AF_UNIX socket, else lines go to _stream
         self._stream = None  # None: sys.stderr at the time of the call
         self._format = "bare"  # or "foreground" (timestamped), "syslog" (vpncryptd[PID]:)
-        self._lock = threading.RLock()
+        self._lock = _thread.RLock()
 
     def debug(self, msg, *args):
         if self.level <= DEBUG:

@@ -101,19 +101,38 @@ def attach(sock: socket.socket, role: str) -> bool:
     if (not sys.platform.startswith("linux") or role not in ("server", "client")
             or os.environ.get("VPNCRYPT_SOCKFILTER") == "off"):
         return False
-    import ctypes
-
     code = b"".join(_INSN.pack(*insn) for insn in program(role))
-    buf = ctypes.create_string_buffer(code, len(code))
-    # struct sock_fprog { unsigned short len; struct sock_filter *filter; } (native layout)
-    fprog = struct.pack("@HP", len(code) // _INSN.size, ctypes.addressof(buf))
     try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        _setsockopt_filter(sock, code)
     except OSError as e:
         log.warning("cannot attach the socket filter (%s): short and wrong-type datagrams "
                     "reach the daemon and are dropped there", e.strerror)
         return False
     return True
+
+
+def _native_attach():
+    """The extension's attach_filter(fd, code), or None without the extension."""
+    try:
+        from .. import _fast
+    except ImportError:
+        return None
+    return _fast.attach_filter
+
+
+def _setsockopt_filter(sock: socket.socket, code: bytes) -> None:
+    """SO_ATTACH_FILTER takes a pointer to the program: the native extension passes it
+    (ctypes would cost ~0.5 MB of resident memory for good); ctypes without it."""
+    native = _native_attach()
+    if native is not None:
+        native(sock.fileno(), code)
+        return
+    import ctypes
+
+    buf = ctypes.create_string_buffer(code, len(code))
+    # struct sock_fprog { unsigned short len; struct sock_filter *filter; } (native layout)
+    fprog = struct.pack("@HP", len(code) // _INSN.size, ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 def force_receive_buffer(sock: socket.socket, size: int) -> int:
