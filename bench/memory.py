@@ -2,6 +2,10 @@
 
 Part 1, the deployment (needs root and network namespaces): a server and one client,
 each a real `vpncryptd` process in its own namespace, built with tests/vpnharness.py.
+By default (--install wheel) the daemons run as users run them: this checkout's wheel is
+built (`python -m build`) and pip-installed into a fresh venv, and its `vpncryptd` script
+is started (no runpy, no editable-install finder, byte code compiled by pip); with
+--install checkout they are `python -m vpncrypt.cli.vpncryptd` from the checkout.
 A TCP transfer runs through the tunnel for --seconds (iperf3 --bidir when installed, so
 both daemons seal and open; otherwise tests/tcpxfer.py, stopped after --seconds), while
 VmRSS of both daemons is sampled every 0.5 s. At the end VmHWM (peak RSS over the whole
@@ -214,6 +218,32 @@ def apply_env(changes, env=None):
     return env
 
 
+# What a copy of the checkout for the wheel build leaves out (VCS data, environments,
+# build products, benchmark output).
+_NOT_SOURCE = {".git", ".venv", "venv", "build", "dist", "__pycache__", ".pytest_cache",
+               ".hypothesis", "out"}
+
+
+def install_wheel(tmp):
+    """Build this checkout's wheel (`python -m build`) and `pip install` it into a fresh
+    venv, as a user does; returns (the venv's python, argv of its `vpncryptd` script)."""
+    def ignore(directory, names):
+        return {n for n in names if n in _NOT_SOURCE or n.endswith((".egg-info", ".so"))
+                or (n == "_fast.c" and os.path.basename(directory) == "vpncrypt")}
+
+    src, dist, venv = (os.path.join(tmp, n) for n in ("src", "dist", "venv"))
+    shutil.copytree(ROOT, src, ignore=ignore)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    for argv in ([sys.executable, "-m", "build", "--wheel", "--outdir", dist, src],
+                 [sys.executable, "-m", "venv", venv]):
+        subprocess.run(argv, env=env, check=True, capture_output=True, timeout=600)
+    wheel = next(Path(dist).glob("*.whl"))
+    subprocess.run([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "--quiet",
+                    "--disable-pip-version-check", str(wheel)],
+                   env=env, check=True, capture_output=True, timeout=600)
+    return os.path.join(venv, "bin", "python"), [os.path.join(venv, "bin", "vpncryptd")]
+
+
 def warm_bytecode(python):
     """Load everything a daemon (and its netlink helper) loads once, so the cache is warm."""
     code = ("import runpy, vpncrypt.cli.vpncryptd, vpncrypt.config, vpncrypt.daemon.server, "
@@ -243,8 +273,9 @@ def daemon_pid(daemon):
         seen.append(pid)
         argv = proc_cmdline(pid)
         exe = os.path.basename(os.path.realpath(f"/proc/{pid}/exe")) if argv else ""
-        if (pid in in_ns and "python" in exe and "vpncrypt.cli.vpncryptd" in argv
-                and argv[0] != "ip"):
+        script = "vpncrypt.cli.vpncryptd" in argv or any(
+            a.endswith("/bin/vpncryptd") for a in argv[:2])
+        if pid in in_ns and "python" in exe and script and argv[0] != "ip":
             return pid, pid != daemon.proc.pid
         todo.extend(proc_children(pid))
     raise RuntimeError(f"no vpncryptd python process under {daemon.proc.pid} (saw {seen})")
@@ -260,8 +291,9 @@ def wait_listening(host, port, timeout=10.0):
     raise RuntimeError(f"nothing listens on port {port} in {host.name}")
 
 
-def run_deployment(args, python):
-    """Start the deployment, move data for args.seconds, return the measurements."""
+def run_deployment(args, python, command=None):
+    """Start the deployment, move data for args.seconds, return the measurements.
+    command: argv of an installed vpncryptd (--install wheel), None: this checkout."""
     sys.path[:0] = [str(TESTS), str(ROOT)]
     import netns  # noqa: E402  (tests/ helpers: need root + netns)
     import vpnharness  # noqa: E402
@@ -273,17 +305,20 @@ def run_deployment(args, python):
     hosts = []
     result = {"tmp": tmp}
     try:
-        apply_env(bytecode_env(args.bytecode, tmp))
+        if command is None:
+            apply_env(bytecode_env(args.bytecode, tmp))
+            if args.bytecode == "cached":
+                warm_bytecode(python)
+        else:  # pip compiled the package's byte code into site-packages at install
+            apply_env({"PYTHONPYCACHEPREFIX": None})
         os.environ["VPNCRYPT_CRYPTO"] = args.crypto  # aead.select() honours it
-        if args.bytecode == "cached":
-            warm_bytecode(python)
 
         def make_host():
             host = netns.Netns()
             hosts.append(host)
             return host
 
-        dep = vpnharness.Deployment(make_host, tmp)
+        dep = vpnharness.Deployment(make_host, tmp, command=command)
         t0 = time.monotonic()
         dep.start()
         server, client = dep.server, dep.clients[0]
@@ -1055,6 +1090,10 @@ def main(argv=None):
     ap.add_argument("--bytecode", choices=("cached", "none"), default="cached",
                     help="cached: daemons load .pyc as an installed package does (default); "
                          "none: compile vpncrypt at every start, as this sandbox does")
+    ap.add_argument("--install", choices=("wheel", "checkout"), default="wheel",
+                    help="wheel: the daemons are the `vpncryptd` script of this checkout's "
+                         "wheel pip-installed into a fresh venv, as users run it (default); "
+                         "checkout: `python -m vpncrypt.cli.vpncryptd` from the checkout")
     ap.add_argument("--repeats", type=int, default=5, help="audit runs per measurement (median)")
     ap.add_argument("--orders", type=int, default=6,
                     help="random orders over which each proposal's saving is averaged")
@@ -1080,18 +1119,28 @@ def main(argv=None):
     print()
     for k, v in info.items():
         print(f"- {k}: {v}")
-    print(f"- crypto: {args.crypto}; byte code: {args.bytecode}")
+    print(f"- crypto: {args.crypto}; daemons: " + (
+        "`vpncryptd` of this checkout's wheel, pip-installed into a fresh venv"
+        if args.install == "wheel" else
+        f"`python -m vpncrypt.cli.vpncryptd` from the checkout, byte code {args.bytecode}"))
     print()
 
     if not args.audit_only:
         saved = dict(os.environ)
+        install_tmp = tempfile.mkdtemp(prefix="vpncrypt-mem-wheel-")
         try:
-            dep = run_deployment(args, python)
+            daemon_python, command = python, None
+            if args.install == "wheel":
+                daemon_python, command = install_wheel(install_tmp)
+            dep = run_deployment(args, python, command)
+            dep["daemon_command"] = command or [python, "-m", "vpncrypt.cli.vpncryptd"]
+            # The baselines: the interpreter the daemons ran on, with its own site.
+            baselines = {"python3 -S -c pass": baseline(daemon_python, ["-S"]),
+                         "python3 -c pass": baseline(daemon_python, [])}
         finally:
             os.environ.clear()
             os.environ.update(saved)
-        baselines = {"python3 -S -c pass": baseline(python, ["-S"]),
-                     "python3 -c pass": baseline(python, [])}
+            shutil.rmtree(install_tmp, ignore_errors=True)
         base = getattr(sys, "_base_executable", python)
         if base != python and os.path.exists(base):
             # Outside the venv: here its site also runs the sandbox's .pth files.

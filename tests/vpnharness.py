@@ -34,13 +34,17 @@ def client_tun6(i: int) -> str:
 class Daemon:
     """A running vpncryptd and its log file."""
 
-    def __init__(self, host, conf: str, log: str, prefix=(), env=None):
+    def __init__(self, host, conf: str, log: str, prefix=(), env=None, command=None):
         self.host, self.conf, self.log = host, conf, log
         self._log_file = open(log, "ab")
         self.log_start = self._log_file.tell()  # a restarted daemon appends to the same log
-        argv = [*prefix, sys.executable, "-m", "vpncrypt.cli.vpncryptd", "-c", conf, "-f"]
+        if command is None:  # this checkout's vpncrypt, through this interpreter
+            command, env = [sys.executable, "-m", "vpncrypt.cli.vpncryptd"], python_env(env)
+        else:  # an installed `vpncryptd` (bench/memory.py): the checkout must not shadow it
+            env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k != "PYTHONPATH"}
+        argv = [*prefix, *command, "-c", conf, "-f"]
         self.proc = host.popen(argv, stdout=self._log_file, stderr=subprocess.STDOUT,
-                               env=python_env(env), cwd=REPO_ROOT)
+                               env=env, cwd=REPO_ROOT)
 
     def text(self) -> str:
         with open(self.log, errors="replace") as f:
@@ -89,8 +93,9 @@ class Daemon:
 class Deployment:
     def __init__(self, make_host, tmp_path, clients: int = 1, v6_underlay: bool = False,
                  keepalive: int = 5, server_id: int = 7, loop: str = "native",
-                 offload: bool = True):
+                 offload: bool = True, command=None):
         self.tmp = str(tmp_path)
+        self.command = command  # argv of an installed vpncryptd, None: this checkout
         # Which packet loop the daemons run: the native engine or the Python fallback.
         self.env = {"VPNCRYPT_LOOP": loop}
         self.loop = loop
@@ -149,14 +154,15 @@ class Deployment:
         return os.path.join(self.tmp, name + ".log")
 
     def start_server(self) -> Daemon:
-        self.server = Daemon(self.server_host, self.server_conf, self.log("server"), env=self.env)
+        self.server = Daemon(self.server_host, self.server_conf, self.log("server"), env=self.env,
+                             command=self.command)
         self.server.wait_log(r"server started")
         self.check_loop(self.server)
         return self.server
 
     def start_client(self, i: int = 1, prefix=(), env=None) -> Daemon:
         d = Daemon(self.client_hosts[i - 1], self.client_confs[i - 1], self.log(f"client{i}"),
-                   prefix, {**self.env, **(env or {})})
+                   prefix, {**self.env, **(env or {})}, self.command)
         d.wait_log(r"client started")
         self.check_loop(d)
         self.clients[i - 1] = d

@@ -580,6 +580,25 @@ def attach_filter(int fd, bytes code):
         PyErr_SetFromErrno(OSError)
 
 
+cdef extern from *:
+    """
+    #if defined(__GLIBC__)
+    #include <malloc.h>
+    static int vc_trim(void) { return malloc_trim(0); }
+    #else
+    static int vc_trim(void) { return 0; }   /* musl (OpenWrt) gives free pages back itself */
+    #endif
+    """
+    int vc_trim() nogil
+
+
+def trim_heap():
+    """malloc_trim(0): hand the C heap's free pages back to the kernel. glibc keeps what
+    start-up allocated and freed (config parsing, key schedule, the helper's output) as
+    resident memory otherwise. True if anything was released."""
+    return bool(vc_trim())
+
+
 cdef extern from "<sys/uio.h>" nogil:
     struct iovec:
         void *iov_base

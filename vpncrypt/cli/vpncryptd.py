@@ -17,6 +17,7 @@ Signals: SIGTERM/SIGINT stop cleanly (the interface is removed); SIGHUP reloads 
 client table; SIGUSR1 logs the counters.
 """
 
+import marshal
 import os
 import sys
 
@@ -24,6 +25,39 @@ from .. import __version__
 from . import fail, parse_args
 
 PROG = "vpncryptd"
+
+# The parsed command line, handed to the re-executed daemon (see parsed_then_exec).
+ARGS_ENV = "VPNCRYPTD_PARSED_ARGS"
+
+
+def parsed_then_exec(args: dict) -> None:
+    """Run the daemon proper in a fresh image of this same command (same pid and command
+    line, os.execv), handing it `args` through the environment. docopt-ng imports
+    typing; together they stay ~1 MB resident for the life of a process that loaded
+    them, and the long-running daemon needs neither once the command line is parsed.
+    Returns only if the exec failed (the daemon then runs on in this process)."""
+    if not sys.executable or not getattr(sys, "orig_argv", None):
+        return
+    os.environ[ARGS_ENV] = marshal.dumps((sys.argv[1:], dict(args))).hex()
+    try:
+        os.execv(sys.executable, sys.orig_argv)
+    except OSError:
+        os.environ.pop(ARGS_ENV, None)
+
+
+def handed_args() -> dict | None:
+    """The arguments parsed_then_exec handed over, if they are for this very command
+    line (a stale or foreign value is ignored and the command line parsed again)."""
+    value = os.environ.pop(ARGS_ENV, None)
+    if value is None:
+        return None
+    try:
+        argv, args = marshal.loads(bytes.fromhex(value))
+    except (ValueError, EOFError, TypeError):
+        return None
+    if argv != sys.argv[1:] or not isinstance(args, dict):
+        return None
+    return args
 
 
 def daemonize():
@@ -58,14 +92,21 @@ def daemonize():
 
 
 def main(argv=None) -> None:
-    args = parse_args(__doc__, argv, f"vpncryptd {__version__}", PROG)
+    """argv None: this process's command line (and the daemon re-executes itself once
+    it is parsed); a list: parse that, in this process."""
+    args = handed_args() if argv is None else None
+    if args is None:
+        args = parse_args(__doc__, argv, f"vpncryptd {__version__}", PROG)
+        crypto = args["--crypto"]
+        if crypto not in ("auto", "native", "reference"):
+            fail(PROG, f"--crypto: unknown path '{crypto}' (native, reference or auto)")
+        if argv is None:
+            parsed_then_exec(args)
+    crypto = args["--crypto"]
     from .. import config as configmod
     from ..daemon import logs
     from ..daemon.runtime import FatalError
 
-    crypto = args["--crypto"]
-    if crypto not in ("auto", "native", "reference"):
-        fail(PROG, f"--crypto: unknown path '{crypto}' (native, reference or auto)")
     try:
         cfg = configmod.load(args["--config"])
     except configmod.ConfigError as e:
@@ -97,4 +138,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

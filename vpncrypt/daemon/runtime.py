@@ -61,6 +61,16 @@ def add_drops(doc: dict, drops: dict) -> dict:
     return doc
 
 
+def trim_heap() -> None:
+    """Give the C heap's free pages back after start-up or a reload (~0.4 MB with glibc,
+    which keeps them otherwise); nothing without the extension."""
+    try:
+        from .. import _fast
+    except ImportError:
+        return
+    _fast.trim_heap()
+
+
 def overhead(family: int) -> int:
     """Bytes the tunnel adds on the underlay: IP + UDP + vpncrypt."""
     return (40 if family == socket.AF_INET6 else 20) + 8 + wire.OVERHEAD
@@ -271,6 +281,7 @@ class Runtime:
         # (with thousands of clients, full collections otherwise cost tens of ms a tick).
         gc.collect()
         gc.freeze()
+        trim_heap()
         if ready is not None:
             ready()
         self.run()
@@ -392,6 +403,7 @@ class Runtime:
                 if self.reload_requested:
                     self.reload_requested = False
                     self.reload()
+                    trim_heap()
                 if self.dump_requested:
                     self.dump_requested = False
                     self.dump_stats()

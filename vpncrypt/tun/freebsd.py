@@ -46,7 +46,7 @@ import subprocess
 from collections.abc import Sequence
 from typing import ClassVar
 
-from . import IPInterface, IPNetwork, TunError
+from . import IPInterface, IPNetwork, TunDevice, TunError
 
 __all__ = [
     "FreeBSDTun",
@@ -165,7 +165,7 @@ def _reason(proc: subprocess.CompletedProcess[str]) -> str:
 # --------------------------------------------------------------------------- the device
 
 
-class FreeBSDTun:
+class FreeBSDTun(TunDevice):
     """An open FreeBSD tun(4) device in TUNSIFHEAD mode (see `vpncrypt.tun.TunDevice`)."""
 
     frame_prefix: ClassVar[int] = FRAME_PREFIX  # the address-family word

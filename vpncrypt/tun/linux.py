@@ -21,15 +21,17 @@ from __future__ import annotations
 import errno
 import fcntl
 import ipaddress
+import marshal
 import os
 import select
 import signal
 import struct
 import sys
 import time
-from typing import TYPE_CHECKING
 
-from . import IPInterface, IPNetwork, TunError
+from . import IPInterface, IPNetwork, TunDevice, TunError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -69,7 +71,7 @@ _HELPER_TIMEOUT = 60.0
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class LinuxTun:
+class LinuxTun(TunDevice):
     """An open Linux TUN device (see `vpncrypt.tun.TunDevice`)."""
 
     # IFF_NO_PI: no struct tun_pi in front of packets. frame_prefix is VNET_HDR_LEN when
@@ -254,12 +256,12 @@ def underlay_mtu(dest: str | None) -> int:
 
 
 def _run_helper(request: dict[str, Any]) -> dict[str, Any]:
-    """Run `python -m vpncrypt.tun.netlink` on `request`; return its JSON reply.
+    """Run `python -m vpncrypt.tun.netlink` on `request`; return its reply (both in the
+    marshal format, see there).
 
     os.posix_spawn and a poll loop rather than subprocess.run: subprocess (with locale)
     costs 0.2-0.7 MB of resident memory for the daemon's whole life, for two helper runs
-    at start-up. json too is imported only here."""
-    import json
+    at start-up."""
 
     if not sys.executable:
         raise TunError("cannot find the Python interpreter to run the interface helper")
@@ -290,7 +292,7 @@ def _run_helper(request: dict[str, Any]) -> dict[str, Any]:
             owned.discard(fd)
             os.close(fd)
         try:
-            out, err, status = _communicate(pid, json.dumps(request).encode(), in_w, out_r,
+            out, err, status = _communicate(pid, marshal.dumps(request), in_w, out_r,
                                             err_r, owned)
         except BaseException:  # as subprocess.run does: leave no helper behind
             os.kill(pid, signal.SIGKILL)
@@ -304,8 +306,8 @@ def _run_helper(request: dict[str, Any]) -> dict[str, Any]:
     if status != 0:
         raise TunError(_helper_failure(status, err.decode(errors="replace")))
     try:
-        reply = json.loads(out.decode(errors="replace"))
-    except ValueError:
+        reply = marshal.loads(out)
+    except (EOFError, ValueError, TypeError):
         reply = None
     if not isinstance(reply, dict):
         raise TunError("interface helper returned malformed output")

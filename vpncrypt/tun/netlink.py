@@ -6,18 +6,20 @@ lookups) is done with pyroute2, and importing pyroute2 grows a Python process by
 16 MB in total, and it needs rtnetlink only at start-up, so the import happens here, in a
 child that lives for a fraction of a second, and the daemon never loads pyroute2.
 
-Protocol: one JSON object on stdin, ``{"op": "configure", "ifname": ..., "mtu": ...,
+Protocol: one dict on stdin, ``{"op": "configure", "ifname": ..., "mtu": ...,
 "addresses": ["10.0.0.1/24", ...], "routes": ["10.1.0.0/16", ...]}`` or ``{"op":
-"underlay_mtu", "dest": "192.0.2.1" | null}``.  On success: exit status 0 and one JSON
-object on stdout.  On failure: exit status 1 and exactly one line on stderr saying what
-failed, which the parent shows to the operator as is.  Never a traceback.
+"underlay_mtu", "dest": "192.0.2.1" | None}``, in the `marshal` format (built into the
+interpreter: parent and child are the same interpreter, and the daemon does not have to
+load json, ~0.2 MB).  On success: exit status 0 and one marshalled dict on stdout.
+On failure: exit status 1 and exactly one line on stderr saying what failed, which the
+parent shows to the operator as is.  Never a traceback.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
-import json
+import marshal
 import os
 import sys
 from collections.abc import Callable
@@ -181,9 +183,9 @@ OPERATIONS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
 def main() -> int:
     try:
         try:
-            request = json.load(sys.stdin)
+            request = marshal.load(sys.stdin.buffer)
             operation = OPERATIONS[request["op"]]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (EOFError, ValueError, KeyError, TypeError) as exc:
             raise Failure(f"interface helper: malformed request ({exc})") from exc
         try:
             from pyroute2 import IPRoute
@@ -199,7 +201,7 @@ def main() -> int:
     except Exception as exc:  # noqa: BLE001 - a bug here must still read as one line
         message = f"interface helper failed: {type(exc).__name__}: {exc}"
     else:
-        json.dump(result, sys.stdout)
+        marshal.dump(result, sys.stdout.buffer)
         return 0
     print(" ".join(message.split()), file=sys.stderr)
     return 1
