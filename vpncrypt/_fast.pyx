@@ -732,9 +732,10 @@ DEF VNET_GSO_UDP_L4 = 5
 DEF USO_MAX_SEGS = 64     # segments of a UDP super-packet we write (the kernel's UDP limit)
 DEF GSO_MAX_SEGS = 64     # the kernel's UDP_MAX_SEGMENTS
 DEF GSO_MAX_BYTES = 65487 # largest UDP payload over IPv6 (65507 over IPv4)
-DEF TX_BYTES = 262144     # a send batch flushes past this: bounds the buffer memory touched
+DEF TX_BYTES = 131072     # a send batch flushes past this: bounds the buffer memory touched
+                          # (two 64-KB GSO messages a sendmmsg is plenty at these rates)
 DEF TX_CAP = TX_BYTES + SLOT + BATCH * 16   # + the message that crossed it, + alignment
-DEF RX_GRO_MSGS = 4       # receive slots per call when each may hold 64 KB of datagrams
+DEF RX_GRO_MSGS = 2       # receive slots per call when each may hold 64 KB of datagrams
 # Event kinds sent to the Python side.
 DEF EV_PACKET = 1      # a non-DATA packet for the sans-IO core to decide
 DEF EV_ENDPOINT = 2    # a client's endpoint changed (authenticated DATA from a new address)
