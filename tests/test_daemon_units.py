@@ -185,3 +185,23 @@ def test_privilege_drop_system_calls(path):
     kept = sum(1 << cap for cap in privileges.KEPT)
     assert (int(uid), int(eff), int(prm)) == (pwd.getpwnam("nobody").pw_uid, kept, kept)
     assert loaded_ctypes == ("True" if path == "ctypes" else "False")
+
+
+def test_roaming_budget_of_the_python_loop():
+    """PeerState.may_open (the Python loop's twin of the native ROAM_RATE): from the
+    endpoint, or before there is one, always; from elsewhere ROAM_RATE a second, with a
+    burst of one second's worth, refilled with time (never by a clock going back)."""
+    from types import SimpleNamespace
+
+    from vpncrypt.daemon.server import ROAM_RATE, PeerState
+
+    peer = PeerState(SimpleNamespace(name="a", id=1, allowed_ips=()))
+    home, away = ("192.0.2.1", 5000), ("198.51.100.7", 6000)
+    assert all(peer.may_open(away, 100.0) for _ in range(5000))  # no endpoint yet
+    peer.endpoint = home
+    assert all(peer.may_open(home, 100.0) for _ in range(5000))
+    assert sum(peer.may_open(away, 100.0) for _ in range(5000)) == ROAM_RATE
+    assert not peer.may_open(away, 100.0)
+    assert sum(peer.may_open(away, 100.5) for _ in range(5000)) == ROAM_RATE / 2
+    assert not peer.may_open(away, 90.0)  # the clock stepped back: no refill
+    assert sum(peer.may_open(away, 200.0) for _ in range(5000)) == ROAM_RATE  # capped

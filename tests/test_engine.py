@@ -191,3 +191,99 @@ def test_freebsd_frames_through_two_native_engines():
             sock.close()
         os.close(stop_r)
         os.close(stop_w)
+
+
+def test_forgeries_from_elsewhere_are_opened_at_the_roaming_rate():
+    """A server engine opens DATA naming a client from an address other than that
+    client's endpoint at most ROAM_RATE (1000) a second; the rest is dropped as
+    rate-limited before any crypto. From the endpoint every packet is opened. A real
+    packet from a new address still gets through and moves the endpoint."""
+    import os
+    import socket
+    import struct
+    import threading
+    import time
+
+    fast = native()
+    from vpncrypt.protocol.session import ClientSession, ServerCore
+    from vpncrypt.protocol.wire import Drop, Kind
+
+    psk = bytes(range(32))
+    core = ServerCore(7, fast.SivContext)
+    core.set_client(1, psk)
+    client = ClientSession(1, 7, psk, fast.SivContext)
+    server_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:  # room for the whole burst: what the kernel drops, the engine never sees
+        server_sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE (root)
+    except PermissionError:
+        server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    server_sock.bind(("127.0.0.1", 0))
+    server_sock.setblocking(False)
+    port = server_sock.getsockname()[1]
+    at_endpoint, elsewhere = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in "ab")
+    for s in (at_endpoint, elsewhere):
+        s.bind(("127.0.0.1", 0))
+    tun_engine, tun_test = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    tun_engine.setblocking(False)
+    events = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    events[0].setblocking(False)
+    stop_r, stop_w = os.pipe()
+    engine = fast.Engine(True, tun_engine.fileno(), server_sock.fileno(), socket.AF_INET,
+                         events[0].fileno(), stop_r, 0, 7, 0)
+    peer = core.peer(1)
+    index = engine.add_peer(1, peer.sender.ctx, peer.receiver.ctx, 1000)
+    c_inner, s_inner = bytes([10, 9, 0, 2]), bytes([10, 9, 0, 1])
+    engine.set_routes([(4, 32, c_inner, index)])
+    engine.set_endpoint(index, "127.0.0.1", at_endpoint.getsockname()[1])
+    threads = [threading.Thread(target=run) for run in (engine.run_tun_to_udp,
+                                                        engine.run_udp_to_tun)]
+    for t in threads:
+        t.start()
+
+    def forged(counter):  # a fresh DATA header for client 1, and a tag that cannot verify
+        return struct.pack(">BHBI", 0x01, 1, int(time.time()) & 0xFF, counter) + os.urandom(48)
+
+    def seen(reasons):
+        stats = engine.peer_stats(index)["drops"]
+        return sum(stats.get(int(r), 0) for r in reasons)
+
+    def settle(total):  # until the engine has counted `total` drops, or 5 s
+        deadline = time.monotonic() + 5
+        while seen((Drop.AUTH, Drop.RATE_LIMITED)) < total and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return seen((Drop.AUTH, Drop.RATE_LIMITED))
+
+    try:
+        burst = 3000
+        t0 = time.monotonic()
+        for i in range(burst):
+            elsewhere.sendto(forged(10_000 + i), ("127.0.0.1", port))
+        got = settle(burst)
+        elapsed = time.monotonic() - t0
+        opened = seen((Drop.AUTH,))
+        assert got >= burst * 0.9, got  # nearly all arrived: the counts below mean something
+        assert opened <= 1000 + 1000 * elapsed + 1, (opened, elapsed)
+        assert seen((Drop.RATE_LIMITED,)) == got - opened >= got - 1000 - 1000 * elapsed - 1
+        # From the endpoint, every forgery is opened (and fails): none rate-limited.
+        limited = seen((Drop.RATE_LIMITED,))
+        for i in range(500):
+            at_endpoint.sendto(forged(20_000 + i), ("127.0.0.1", port))
+        settle(got + 500)
+        assert seen((Drop.RATE_LIMITED,)) == limited
+        assert seen((Drop.AUTH,)) - opened >= 450
+        # A genuine packet from the other address (a roaming client) gets through once
+        # the budget refills, and its address becomes the endpoint.
+        time.sleep(0.05)
+        inner = _ipv4(c_inner, s_inner, b"roamed")
+        elsewhere.sendto(client.seal(Kind.DATA, inner, time.time()), ("127.0.0.1", port))
+        tun_test.settimeout(5)
+        assert tun_test.recv(65536) == inner
+        assert engine.peer_stats(index)["rx_packets"] == 1
+    finally:
+        os.write(stop_w, b"x")
+        for t in threads:
+            t.join(10)
+        for s in (server_sock, at_endpoint, elsewhere, tun_engine, tun_test, *events):
+            s.close()
+        os.close(stop_r)
+        os.close(stop_w)

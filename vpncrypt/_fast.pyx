@@ -717,6 +717,7 @@ DEF N_REASONS = 16
 
 DEF BATCH = 32
 DEF CTL_RATE = 50.0   # keepalives/time-sync packets per second and client handed to Python
+DEF ROAM_RATE = 1000.0  # DATA per second and client opened when not from its endpoint
 DEF SLOT = 65536
 DEF HEADROOM = 16     # room in front of a packet for the TUN's frame prefix
 # Offloads (Engine's `offload` flags), Linux only, each probed by the Python side.
@@ -931,6 +932,8 @@ cdef struct Peer:
     double first_unanswered         # first send since last_rx, 0 if none
     double ctl_tokens               # budget for this peer's control packets sent up to Python
     double ctl_refilled
+    double roam_tokens              # budget for opening DATA from other addresses (server)
+    double roam_refilled
 
 
 cdef inline double clock_now(int which) noexcept nogil:
@@ -1855,6 +1858,15 @@ cdef class Engine:
         reason = window_check(&p.window, ts, counter)
         if reason != D_NONE:
             self.drop(p, reason, src, alen, pkt, n, mono)
+            return
+        if self.server and p.endpoint_len and (
+                alen != p.endpoint_len or memcmp(src, &p.endpoint, alen) != 0) and \
+                not self.take(&p.roam_tokens, &p.roam_refilled, ROAM_RATE, mono):
+            # Opening is what a forgery costs us (a whole AES-SIV pass): from anywhere but
+            # the client's current address only ROAM_RATE a second are tried, so a flood
+            # naming a client cannot eat the CPU its real traffic needs. A roaming client
+            # gets through with its first packets; then its new address is the endpoint.
+            self.drop(p, D_RATE_LIMITED, src, alen, pkt, 0, mono)
             return
         body = n - OVERHEAD
         build_ad(ad, pkt, self.server_id, <uint64_t>ts)

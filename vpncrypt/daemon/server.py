@@ -7,11 +7,15 @@ import socket
 import time
 
 from ..protocol.session import Opened, Reply, ServerCore
-from ..protocol.wire import KEEPALIVE_BODY, Drop, Kind
+from ..protocol.wire import KEEPALIVE_BODY, MIN_PACKET, Drop, Kind
 from .logs import kv, log
 from .routing import AllowedIPs
 from . import fastpath, ippacket
 from .runtime import BATCH, Counters, Runtime, flatten, format_addr
+
+# DATA a second and client opened when it does not come from the client's endpoint
+# (the native loop's ROAM_RATE): see PeerState.may_open.
+ROAM_RATE = 1000.0
 
 
 @contextlib.contextmanager
@@ -31,7 +35,8 @@ def _no_cyclic_gc():
 class PeerState:
     """What the server knows about one client besides its crypto state."""
 
-    __slots__ = ("name", "id", "allowed_ips", "endpoint", "last_rx", "roams", "counters")
+    __slots__ = ("name", "id", "allowed_ips", "endpoint", "last_rx", "roams", "counters",
+                 "roam_tokens", "roam_refilled")
 
     def __init__(self, entry):
         self.name = entry.name
@@ -41,6 +46,23 @@ class PeerState:
         self.last_rx = None
         self.roams = 0
         self.counters = Counters()
+        self.roam_tokens, self.roam_refilled = ROAM_RATE, None
+
+    def may_open(self, addr, now: float) -> bool:
+        """Whether a DATA packet naming this client from `addr` is worth opening. Opening
+        is what a forgery costs (a whole AES-SIV pass): from anywhere but the client's
+        current endpoint only ROAM_RATE a second are tried, so a flood naming a client
+        cannot eat the CPU its real traffic needs. A roaming client gets through with its
+        first packets, and from then on its new address is the endpoint."""
+        if self.endpoint is None or addr == self.endpoint:
+            return True
+        last, self.roam_refilled = self.roam_refilled, now
+        if last is not None:
+            self.roam_tokens = min(ROAM_RATE, self.roam_tokens + max(0.0, now - last) * ROAM_RATE)
+        if self.roam_tokens < 1:
+            return False
+        self.roam_tokens -= 1
+        return True
 
 
 class Server(Runtime):
@@ -126,6 +148,12 @@ class Server(Runtime):
         keepalives and time sync with the native loop)."""
         core, peers = self.core, self.peers
         now = time.time() if now is None else now
+        if data[:1] == b"\x01" and len(data) >= MIN_PACKET:  # DATA from a client
+            peer = peers.get(int.from_bytes(data[1:3], "big"))
+            if peer is not None and not peer.may_open(addr, now):
+                self.drop(peer.counters, Drop.RATE_LIMITED, now, addr, peer.name,
+                          "DATA from another address over the roaming budget")
+                return
         result = core.open(data, now)
         if type(result) is Opened:
             peer = peers[result.client_id]

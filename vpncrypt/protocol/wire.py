@@ -57,7 +57,8 @@ class Drop(enum.IntEnum):
     AUTH = 6  # tag did not verify (wrong key, tampering, or clock outside +-128 s)
     CLOCK_SKEW = 7  # tag verifies under a timestamp 256*k s away: the sender's clock is off
     UNSOLICITED = 8  # time-sync response that answers no request of ours
-    RATE_LIMITED = 9  # time-sync request over the per-client budget
+    RATE_LIMITED = 9  # over a per-client budget: time-sync requests; (daemon) DATA from
+    # another address than the client's endpoint, control packets up from the native loop
     SPOOFED_SOURCE = 10  # inner source address not among the sender's allowed IPs (daemon)
     NO_ROUTE = 11  # inner destination matches no client (daemon)
     BAD_PACKET = 12  # inner packet is not IPv4/IPv6 (daemon)
