@@ -1859,13 +1859,14 @@ cdef class Engine:
         if reason != D_NONE:
             self.drop(p, reason, src, alen, pkt, n, mono)
             return
-        if self.server and p.endpoint_len and (
-                alen != p.endpoint_len or memcmp(src, &p.endpoint, alen) != 0) and \
+        if self.server and (p.endpoint_len == 0 or alen != p.endpoint_len
+                            or memcmp(src, &p.endpoint, alen) != 0) and \
                 not self.take(&p.roam_tokens, &p.roam_refilled, ROAM_RATE, mono):
             # Opening is what a forgery costs us (a whole AES-SIV pass): from anywhere but
-            # the client's current address only ROAM_RATE a second are tried, so a flood
-            # naming a client cannot eat the CPU its real traffic needs. A roaming client
-            # gets through with its first packets; then its new address is the endpoint.
+            # the client's current address (or while it has none) only ROAM_RATE a second
+            # are tried, so a flood naming a client cannot eat the CPU the real traffic
+            # needs. A roaming or (re)connecting client gets through with its first
+            # packets; then its address is the endpoint.
             self.drop(p, D_RATE_LIMITED, src, alen, pkt, 0, mono)
             return
         body = n - OVERHEAD

@@ -51,10 +51,11 @@ class PeerState:
     def may_open(self, addr, now: float) -> bool:
         """Whether a DATA packet naming this client from `addr` is worth opening. Opening
         is what a forgery costs (a whole AES-SIV pass): from anywhere but the client's
-        current endpoint only ROAM_RATE a second are tried, so a flood naming a client
-        cannot eat the CPU its real traffic needs. A roaming client gets through with its
-        first packets, and from then on its new address is the endpoint."""
-        if self.endpoint is None or addr == self.endpoint:
+        current endpoint (or while it has none) only ROAM_RATE a second are tried, so a
+        flood naming a client cannot eat the CPU the real traffic needs. A roaming or
+        (re)connecting client gets through with its first packets, and from then on its
+        address is the endpoint."""
+        if addr == self.endpoint:
             return True
         last, self.roam_refilled = self.roam_refilled, now
         if last is not None:
