@@ -736,6 +736,7 @@ DEF GSO_MAX_BYTES = 65487 # largest UDP payload over IPv6 (65507 over IPv4)
 DEF TX_BYTES = 131072     # a send batch flushes past this: bounds the buffer memory touched
                           # (two 64-KB GSO messages a sendmmsg is plenty at these rates)
 DEF TX_CAP = TX_BYTES + SLOT + BATCH * 16   # + the message that crossed it, + alignment
+DEF RX_ROUNDS = 16        # receive batches between two polls while batches come full
 DEF RX_GRO_MSGS = 2       # receive slots per call when each may hold 64 KB of datagrams
 # Event kinds sent to the Python side.
 DEF EV_PACKET = 1      # a non-DATA packet for the sans-IO core to decide
@@ -2019,7 +2020,7 @@ cdef class Engine:
         cdef iovec iovs[BATCH]
         cdef sockaddr_storage srcs[BATCH]
         cdef uint64_t ctrl[BATCH * 4]
-        cdef int got, i, gso
+        cdef int got, i, gso, rounds
         cdef Py_ssize_t n, off, seg
         cdef uint8_t *base
         cdef int64_t now_s
@@ -2035,51 +2036,57 @@ cdef class Engine:
             free(coal.buf)
             return
         while self.wait(self.sock_fd, POLLIN):
-            for i in range(nmsg):
-                iovs[i].iov_base = inbufs + <size_t>i * SLOT
-                iovs[i].iov_len = SLOT
-                memset(&msgs[i].msg_hdr, 0, sizeof(msghdr))
-                msgs[i].msg_hdr.msg_name = &srcs[i]
-                msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
-                msgs[i].msg_hdr.msg_iov = &iovs[i]
-                msgs[i].msg_hdr.msg_iovlen = 1
-                if self.offload & OFF_GRO:
-                    msgs[i].msg_hdr.msg_control = &ctrl[i * 4]
-                    msgs[i].msg_hdr.msg_controllen = 4 * sizeof(uint64_t)
-            got = recvmmsg(self.sock_fd, msgs, nmsg, MSG_DONTWAIT, NULL)
-            if got <= 0:
-                continue
-            mono = clock_now(CLOCK_MONOTONIC)
-            now_s = <int64_t>(clock_now(CLOCK_REALTIME) + self.clock_offset)
-            for i in range(got):
-                base = inbufs + <size_t>i * SLOT
-                n = msgs[i].msg_len
-                if msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
-                    self.drop(NULL, D_MALFORMED, &srcs[i], msgs[i].msg_hdr.msg_namelen, base, 0,
-                              mono)
-                    continue
-                # A GRO message is datagrams of `gso` bytes from one sender, the last shorter.
-                seg = n
-                if self.offload & OFF_GRO and msgs[i].msg_hdr.msg_controllen:
-                    c = CMSG_FIRSTHDR(&msgs[i].msg_hdr)
-                    while c != NULL:
-                        if c.cmsg_level == SOL_UDP and c.cmsg_type == UDP_GRO:
-                            memcpy(&gso, CMSG_DATA(c), sizeof(int))
-                            if gso > 0:
-                                seg = gso
-                        c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)
-                if seg < n:
-                    self.gro_messages += 1
-                    self.gro_datagrams += (n + seg - 1) // seg
-                off = 0
-                while True:
-                    self.on_datagram(base + off, min(seg, n - off), &srcs[i],
-                                     msgs[i].msg_hdr.msg_namelen, out, co, now_s, mono)
-                    off += seg
-                    if off >= n:
-                        break
-            if co != NULL:
-                self.flush_coal(co)   # nothing waits past its receive batch
+            # While full batches keep coming, read again without polling first: under
+            # load (a flood) poll() per batch was a fifth of the loop's time. The stop
+            # pipe is still looked at every RX_ROUNDS batches.
+            for rounds in range(RX_ROUNDS):
+                for i in range(nmsg):
+                    iovs[i].iov_base = inbufs + <size_t>i * SLOT
+                    iovs[i].iov_len = SLOT
+                    memset(&msgs[i].msg_hdr, 0, sizeof(msghdr))
+                    msgs[i].msg_hdr.msg_name = &srcs[i]
+                    msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
+                    msgs[i].msg_hdr.msg_iov = &iovs[i]
+                    msgs[i].msg_hdr.msg_iovlen = 1
+                    if self.offload & OFF_GRO:
+                        msgs[i].msg_hdr.msg_control = &ctrl[i * 4]
+                        msgs[i].msg_hdr.msg_controllen = 4 * sizeof(uint64_t)
+                got = recvmmsg(self.sock_fd, msgs, nmsg, MSG_DONTWAIT, NULL)
+                if got <= 0:
+                    break
+                mono = clock_now(CLOCK_MONOTONIC)
+                now_s = <int64_t>(clock_now(CLOCK_REALTIME) + self.clock_offset)
+                for i in range(got):
+                    base = inbufs + <size_t>i * SLOT
+                    n = msgs[i].msg_len
+                    if msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
+                        self.drop(NULL, D_MALFORMED, &srcs[i], msgs[i].msg_hdr.msg_namelen, base, 0,
+                                  mono)
+                        continue
+                    # A GRO message is datagrams of `gso` bytes from one sender, the last shorter.
+                    seg = n
+                    if self.offload & OFF_GRO and msgs[i].msg_hdr.msg_controllen:
+                        c = CMSG_FIRSTHDR(&msgs[i].msg_hdr)
+                        while c != NULL:
+                            if c.cmsg_level == SOL_UDP and c.cmsg_type == UDP_GRO:
+                                memcpy(&gso, CMSG_DATA(c), sizeof(int))
+                                if gso > 0:
+                                    seg = gso
+                            c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)
+                    if seg < n:
+                        self.gro_messages += 1
+                        self.gro_datagrams += (n + seg - 1) // seg
+                    off = 0
+                    while True:
+                        self.on_datagram(base + off, min(seg, n - off), &srcs[i],
+                                         msgs[i].msg_hdr.msg_namelen, out, co, now_s, mono)
+                        off += seg
+                        if off >= n:
+                            break
+                if co != NULL:
+                    self.flush_coal(co)   # nothing waits past its receive batch
+                if got < nmsg:
+                    break
         free(inbufs)
         free(out)
         free(coal.buf)
