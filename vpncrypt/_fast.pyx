@@ -15,6 +15,7 @@ with CRYPTO_memcmp (constant time). RFC 5297's vectors and the reference path pi
 result (tests/test_aead.py).
 """
 
+cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize,
                             PyBytes_GET_SIZE)
@@ -126,6 +127,10 @@ cdef inline void build_ad(uint8_t *ad, const uint8_t *hdr, uint32_t server_id,
 
 DEF CHUNK = 2048   # stack scratch for CBC output and CTR keystream
 
+# The per-packet functions below divide only non-negative lengths: C division
+# (cdivision) gives the same results without Cython's sign fix-ups for Python's floor
+# semantics, so they compile to what bench/siv_ceiling.c compiles to.
+
 cdef struct Siv:
     EVP_CIPHER_CTX *cbc     # AES-CBC keyed with K1 (the key's first half): CMAC's chain
     EVP_CIPHER_CTX *ecb     # AES-ECB keyed with K2 (second half): CTR's keystream
@@ -174,6 +179,7 @@ cdef int cbc(Siv *s, const uint8_t *src, size_t n, uint8_t *last) noexcept nogil
     return 1
 
 
+@cython.cdivision(True)
 cdef int cmac_msg(Siv *s, const uint8_t *head, size_t head_len, uint8_t *tail, int tail_len,
                   uint8_t *out) noexcept nogil:
     """CMAC(K1, head || tail): head_len a multiple of 16, tail 0..32 bytes in a writable
@@ -200,6 +206,7 @@ cdef int cmac_msg(Siv *s, const uint8_t *head, size_t head_len, uint8_t *tail, i
     return cbc(s, tail, <size_t>nb * 16, out)
 
 
+@cython.cdivision(True)
 cdef int cmac(Siv *s, const uint8_t *a, size_t an, uint8_t *out) noexcept nogil:
     cdef uint8_t t[48]
     cdef size_t head = ((an - 1) // 16) * 16 if an else 0
@@ -207,6 +214,7 @@ cdef int cmac(Siv *s, const uint8_t *a, size_t an, uint8_t *out) noexcept nogil:
     return cmac_msg(s, a, head, t, <int>(an - head), out)
 
 
+@cython.cdivision(True)
 cdef int s2v(Siv *s, const uint8_t **ads, const int *adl, int nad, const uint8_t *p, int n,
              uint8_t *v) noexcept nogil:
     """RFC 5297 S2V over the associated data strings and the plaintext (n >= 1)."""
@@ -256,6 +264,7 @@ cdef inline uint64_t get64(const uint8_t *p) noexcept nogil:
            (<uint64_t>p[6] << 8) | <uint64_t>p[7]
 
 
+@cython.cdivision(True)
 cdef int ctr(Siv *s, const uint8_t *v, const uint8_t *src, int n, uint8_t *dst) noexcept nogil:
     """AES-CTR from the synthetic IV with its two 31st bits cleared (RFC 5297 2.6), the
     128-bit counter big-endian; dst may be src."""
