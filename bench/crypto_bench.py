@@ -37,20 +37,21 @@ packet (8-byte header, 16-byte tag, 20-byte associated data) along six paths:
 
 Method: the process is pinned to one CPU (os.sched_setaffinity) and the C child runs on
 the same core (taskset -c). Each repetition times a fixed batch of --count packets per
-path and op; repetitions of the four paths are interleaved so slow drift of a shared
-or virtual machine hits them alike (per rep: the C program's three impls, then native
-Python call, native engine loop and reference, seal then open each). The figure reported is the MEDIAN ns/packet over
---reps repetitions (the fastest batch of each is kept in the JSON as well). Batches are
-short on purpose: on a virtual machine whole stretches of a second or more run slower,
-and many short interleaved batches keep those from deciding the median. Ratios are given
-both as ratios of medians and as the median of per-rep ratios ("paired": both batches of
-a pair run back to back, so a slow stretch hits both). The 1-, 5- and 15-minute load
-averages are recorded before and after the run: on a busy machine, trust the ratios
-more than the absolute times. Before timing, native and reference packets are checked to
-be byte-identical and both paths to open them; the C program checks (every run), at
-sizes 1-33, 64, 2047-2049 and the size timed, that its three impls produce byte-identical
-packets and open each other's, and that a flipped bit (header, tag, ciphertext) is
-rejected by all.
+path and op; repetitions of all paths are interleaved so slow drift of a shared or
+virtual machine hits them alike (per rep: the C program's three impls, then native
+(Python call), native (engine loop) and reference, seal then open each). The figure
+reported is the MEDIAN ns/packet over --reps repetitions (the fastest batch of each is
+kept in the JSON as well). Batches are short on purpose: on a virtual machine whole
+stretches of a second or more run slower, and many short interleaved batches keep those
+from deciding the median. Ratios are given both as ratios of medians and as the median
+of per-rep ratios ("paired": both batches of a pair run back to back, so a slow stretch
+hits both). The 1-, 5- and 15-minute load averages are recorded before and after the
+run: on a busy machine, trust the ratios more than the absolute times. Before timing,
+native and reference packets are checked to be byte-identical and both paths to open
+them, and bench_siv's last packet and plaintext to be SivContext's; the C program checks
+(every run), at sizes 1-33, 64, 2047-2049 and the size timed, that its three impls
+produce byte-identical packets and open each other's, and that a flipped bit (header,
+tag, ciphertext) is rejected by all.
 
 Note: the C ceiling and the native core use the system libcrypto; `cryptography`
 wheels bundle their own OpenSSL, printed separately in the header.
