@@ -20,8 +20,8 @@ packet (8-byte header, 16-byte tag, 20-byte associated data) along six paths:
 * native (Python call): vpncrypt._fast.SivContext.seal / .open called from a Python loop
   (what a Python caller pays per packet on top: the call, argument parsing, buffer
   acquisition, the output bytes object, releasing and re-taking the GIL). Reported, not
-  judged: the daemon uses it for control packets and the Python loop, not for DATA on
-  the native loop.
+  judged: the daemon uses it for control packets, and for DATA only when told to keep
+  the Python loop (VPNCRYPT_LOOP=python).
 * C evp-mac: the same C program, impl "evp-mac": the native core's previous sequence, the
   same SIV composition on an EVP_MAC CMAC context restarted per message
   (EVP_MAC_init(ctx, NULL, 0, NULL) / update / final) and an AES-256-CTR context re-IV'd
@@ -421,7 +421,8 @@ def main(argv=None):
           f"({detail('engine_vs_ceiling')}).")
     print("  Why that figure: the daemon's data path is the native packet loop, which calls "
           "siv_seal / siv_open in C with the GIL released (Engine.seal_into, "
-          "Engine.on_datagram); DATA packets never cost a Python call there.")
+          "Engine.on_datagram); DATA packets never cost a Python call there (unless "
+          "VPNCRYPT_LOOP=python keeps the Python loop).")
     print(f"  Reported, not judged: native (Python call), SivContext.seal / .open: "
           f"{detail('native_vs_ceiling')}; within {pct(GOAL_RATIO)}: "
           f"{'yes' if call_met else 'no'}. It adds "
