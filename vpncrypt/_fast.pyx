@@ -127,10 +127,6 @@ cdef inline void build_ad(uint8_t *ad, const uint8_t *hdr, uint32_t server_id,
 
 DEF CHUNK = 2048   # stack scratch for CBC output and CTR keystream
 
-# The per-packet functions below divide only non-negative lengths: C division
-# (cdivision) gives the same results without Cython's sign fix-ups for Python's floor
-# semantics, so they compile to what bench/siv_ceiling.c compiles to.
-
 cdef struct Siv:
     EVP_CIPHER_CTX *cbc     # AES-CBC keyed with K1 (the key's first half): CMAC's chain
     EVP_CIPHER_CTX *ecb     # AES-ECB keyed with K2 (second half): CTR's keystream
@@ -179,6 +175,9 @@ cdef int cbc(Siv *s, const uint8_t *src, size_t n, uint8_t *last) noexcept nogil
     return 1
 
 
+# cmac_msg, cmac, s2v and ctr divide only non-negative lengths: C division
+# (cdivision) gives the same results without Cython's sign fix-ups for Python's floor
+# semantics, so they compile to what bench/siv_ceiling.c compiles to.
 @cython.cdivision(True)
 cdef int cmac_msg(Siv *s, const uint8_t *head, size_t head_len, uint8_t *tail, int tail_len,
                   uint8_t *out) noexcept nogil:
