@@ -15,6 +15,7 @@ with CRYPTO_memcmp (constant time). RFC 5297's vectors and the reference path pi
 result (tests/test_aead.py).
 """
 
+cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize,
                             PyBytes_GET_SIZE)
@@ -174,6 +175,10 @@ cdef int cbc(Siv *s, const uint8_t *src, size_t n, uint8_t *last) noexcept nogil
     return 1
 
 
+# cmac_msg, cmac, s2v and ctr divide only non-negative lengths: C division
+# (cdivision) gives the same results without Cython's sign fix-ups for Python's floor
+# semantics, so they compile to what bench/siv_ceiling.c compiles to.
+@cython.cdivision(True)
 cdef int cmac_msg(Siv *s, const uint8_t *head, size_t head_len, uint8_t *tail, int tail_len,
                   uint8_t *out) noexcept nogil:
     """CMAC(K1, head || tail): head_len a multiple of 16, tail 0..32 bytes in a writable
@@ -200,6 +205,7 @@ cdef int cmac_msg(Siv *s, const uint8_t *head, size_t head_len, uint8_t *tail, i
     return cbc(s, tail, <size_t>nb * 16, out)
 
 
+@cython.cdivision(True)
 cdef int cmac(Siv *s, const uint8_t *a, size_t an, uint8_t *out) noexcept nogil:
     cdef uint8_t t[48]
     cdef size_t head = ((an - 1) // 16) * 16 if an else 0
@@ -207,6 +213,7 @@ cdef int cmac(Siv *s, const uint8_t *a, size_t an, uint8_t *out) noexcept nogil:
     return cmac_msg(s, a, head, t, <int>(an - head), out)
 
 
+@cython.cdivision(True)
 cdef int s2v(Siv *s, const uint8_t **ads, const int *adl, int nad, const uint8_t *p, int n,
              uint8_t *v) noexcept nogil:
     """RFC 5297 S2V over the associated data strings and the plaintext (n >= 1)."""
@@ -256,6 +263,7 @@ cdef inline uint64_t get64(const uint8_t *p) noexcept nogil:
            (<uint64_t>p[6] << 8) | <uint64_t>p[7]
 
 
+@cython.cdivision(True)
 cdef int ctr(Siv *s, const uint8_t *v, const uint8_t *src, int n, uint8_t *dst) noexcept nogil:
     """AES-CTR from the synthetic IV with its two 31st bits cleared (RFC 5297 2.6), the
     128-bit counter big-endian; dst may be src."""
@@ -2090,3 +2098,79 @@ cdef class Engine:
         free(inbufs)
         free(out)
         free(coal.buf)
+
+
+# ---- benchmark entry point -------------------------------------------------------------------
+
+def bench_siv(SivContext ctx, str op, bytes data, uint64_t timestamp, long count,
+              int ptype=KIND_DATA):
+    """Time `count` seals or opens the way the Engine's loops run them: (elapsed ns, last output).
+
+    This is the per-packet cost the daemon's data path pays, without a Python call per
+    packet (bench/crypto_bench.py, row "native (engine loop)"). "seal": `data` is the body;
+    each packet's header is written as Engine.seal_into writes it (counter from
+    vc_next_counter, starting at 0) and its AD built from that header, then siv_seal into
+    a preallocated buffer; returns the last packet (counter count - 1). "open": `data` is
+    a packet; each time its AD is rebuilt from the header as Engine.on_datagram does, then
+    siv_open into a preallocated buffer; returns the plaintext. The loop runs with the GIL
+    released; a failed seal or open raises (return codes are checked as in the Engine).
+    """
+    cdef bint seal
+    if op == "seal":
+        seal = True
+    elif op == "open":
+        seal = False
+    else:
+        raise ValueError("op must be 'seal' or 'open'")
+    if count < 1 or ptype < 0 or ptype > 255:
+        raise ValueError("count must be >= 1 and ptype fit one byte")
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t body = n if seal else n - OVERHEAD
+    if body < 1 or body > MAX_DATAGRAM - OVERHEAD:
+        raise ValueError("bad body or packet size")
+    if not seal and PyBytes_AS_STRING(data)[3] != <char>(timestamp & 0xFF):
+        raise ValueError("the packet's timestamp byte does not match `timestamp`")
+    cdef const uint8_t *src = <const uint8_t *>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t outlen = OVERHEAD + body if seal else body
+    cdef uint8_t *o = <uint8_t *>malloc(outlen)
+    if o == NULL:
+        raise MemoryError()
+    cdef uint8_t ad[AD_LEN]
+    cdef const uint8_t *adp = ad
+    cdef int adl = AD_LEN
+    cdef uint32_t counter = 0
+    cdef uint32_t client_id = ctx.client_id, server_id = ctx.server_id
+    cdef Siv *s = &ctx.siv
+    cdef long i
+    cdef int ok = 1
+    cdef timespec t0, t1
+    try:
+        with nogil:
+            clock_gettime(CLOCK_MONOTONIC, &t0)
+            if seal:
+                for i in range(count):
+                    # as Engine.seal_into
+                    o[0] = <uint8_t>ptype
+                    put16(o + 1, client_id)
+                    o[3] = <uint8_t>(timestamp & 0xFF)
+                    put32(o + 4, vc_next_counter(&counter))
+                    build_ad(ad, o, server_id, timestamp)
+                    if not siv_seal(s, &adp, &adl, 1, src, <int>body, o + HEADER_LEN,
+                                    o + OVERHEAD):
+                        ok = 0
+                        break
+            else:
+                for i in range(count):
+                    # as Engine.on_datagram
+                    build_ad(ad, src, server_id, timestamp)
+                    if not siv_open(s, &adp, &adl, 1, src + HEADER_LEN, src + OVERHEAD,
+                                    <int>body, o):
+                        ok = 0
+                        break
+            clock_gettime(CLOCK_MONOTONIC, &t1)
+        if not ok:
+            raise RuntimeError("AES-SIV %s failed" % op)
+        elapsed = (t1.tv_sec - t0.tv_sec) * 1000000000 + (t1.tv_nsec - t0.tv_nsec)
+        return elapsed, PyBytes_FromStringAndSize(<char *>o, outlen)
+    finally:
+        free(o)
