@@ -541,11 +541,12 @@ cdef extern from *:
     static int vc_keepcaps(int on) { return prctl(PR_SET_KEEPCAPS, on, 0, 0, 0); }
     static int vc_attach_filter(int fd, const void *code, size_t len) {
         struct sock_fprog prog;
-        if (len == 0 || len % sizeof(struct sock_filter) || len / sizeof(struct sock_filter) > BPF_MAXINSNS) {
+        size_t insns = len / sizeof(struct sock_filter);
+        if (len == 0 || len % sizeof(struct sock_filter) || insns > BPF_MAXINSNS) {
             errno = EINVAL;
             return -1;
         }
-        prog.len = (unsigned short)(len / sizeof(struct sock_filter));
+        prog.len = (unsigned short)insns;
         prog.filter = (struct sock_filter *)code;   /* the kernel copies it */
         return setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog);
     }
@@ -2068,10 +2069,10 @@ cdef class Engine:
                     base = inbufs + <size_t>i * SLOT
                     n = msgs[i].msg_len
                     if msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
-                        self.drop(NULL, D_MALFORMED, &srcs[i], msgs[i].msg_hdr.msg_namelen, base, 0,
-                                  mono)
+                        self.drop(NULL, D_MALFORMED, &srcs[i], msgs[i].msg_hdr.msg_namelen,
+                                  base, 0, mono)
                         continue
-                    # A GRO message is datagrams of `gso` bytes from one sender, the last shorter.
+                    # A GRO message: datagrams of `gso` bytes from one sender, the last shorter.
                     seg = n
                     if self.offload & OFF_GRO and msgs[i].msg_hdr.msg_controllen:
                         c = CMSG_FIRSTHDR(&msgs[i].msg_hdr)

@@ -149,7 +149,7 @@ class Server(Runtime):
         keepalives and time sync with the native loop)."""
         core, peers = self.core, self.peers
         now = time.time() if now is None else now
-        if data[:1] == b"\x01" and len(data) >= MIN_PACKET:  # DATA from a client
+        if len(data) >= MIN_PACKET and data[0] == Kind.DATA:  # DATA from a client
             peer = peers.get(int.from_bytes(data[1:3], "big"))
             if peer is not None and not peer.may_open(addr, now):
                 self.drop(peer.counters, Drop.RATE_LIMITED, now, addr, peer.name,
