@@ -15,6 +15,11 @@ Two network namespaces, A (server side) and B (client side), joined by one veth 
   wireguard-go     wireguard-go (userspace) configured by `wg`, tunnel MTU 1420
   tinc             tinc 1.0, router mode, Cipher aes-256-cbc + Digest sha256, MTU 1420
 
+vpncrypt runs as users run it, like the peers' packaged binaries (--install wheel, the
+default): this checkout's wheel is built and pip-installed into a fresh venv and its
+`vpncryptd` script started; --install checkout runs `python -m vpncrypt.cli.vpncryptd`
+from the checkout instead (its runpy and editable-install hook add ~0.8 MB of RSS).
+
 Server side in A, client side in B. Everything in A (daemon, iperf3 server) runs under
 `taskset -c 0`, everything in B (daemon, iperf3 client) under `taskset -c 1`. Each
 system gets its own tunnel subnet 10.201.K.0/24 (.1 in A, .2 in B). Tunnel MTUs: vpncrypt
@@ -502,11 +507,11 @@ class Vpncrypt(System):
             f"[client]\nid = 1\nserver = {UNDERLAY_A}:51900\nserver_id = 7\nkey = {key}\n"
             f"interface = {self.ifname}\naddress = {self.tun_b}/24\nkeepalive = 25\n"
             f"state_dir = {os.path.join(self.dir, 'client-state')}\n{self.extra_conf}"))
-        env = dict(self.ctx.py_env)
+        env = dict(self.ctx.installed_env or self.ctx.py_env)
         env.pop("VPNCRYPT_LOOP", None)
         if self.loop_env:
             env["VPNCRYPT_LOOP"] = self.loop_env
-        argv = [PYTHON, "-m", "vpncrypt.cli.vpncryptd", "-c"]
+        argv = [*(self.ctx.vpncryptd or [PYTHON, "-m", "vpncrypt.cli.vpncryptd"]), "-c"]
         self.spawn("a", [*argv, server, "--foreground"], env=env)
         self.wait_log("a", r"server started")
         self.spawn("b", [*argv, client, "--foreground"], env=env)
@@ -522,7 +527,9 @@ class Vpncrypt(System):
                 raise SetupError(f"{self.key}: expected /{self.expect_log}/ in: {line}")
 
     def daemon_filter(self, pid: int) -> bool:
-        return "vpncrypt.cli.vpncryptd" in proc_cmdline(pid)
+        argv = proc_cmdline(pid)
+        return "vpncrypt.cli.vpncryptd" in argv or any(a.endswith("/bin/vpncryptd")
+                                                        for a in argv[:2])
 
 
 class VpncryptNoOffload(Vpncrypt):
@@ -744,6 +751,8 @@ class Bench:
         self.py_env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.py_env.pop("VPNCRYPT_CRYPTO", None)
         self.vpncrypt_version = ""
+        self.vpncryptd = None  # argv of the installed `vpncryptd` (--install wheel)
+        self.installed_env = None
 
     # set-up / teardown
     def open(self) -> None:
@@ -757,6 +766,24 @@ class Bench:
                 host.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def install(self) -> None:
+        """--install wheel: vpncrypt as users run it, like the peers' packaged binaries:
+        this checkout's wheel pip-installed into a fresh venv (bench/memory.py builds it),
+        its `vpncryptd` script started without the checkout on the path."""
+        sys.path.insert(0, str(HERE))
+        import memory  # noqa: E402  (bench/memory.py)
+
+        python, self.vpncryptd = memory.install_wheel(os.path.join(self.tmp, "install"))
+        self.installed_env = {k: v for k, v in self.py_env.items()
+                              if k not in ("PYTHONPATH", "PYTHONPYCACHEPREFIX")}
+        version = subprocess.run(
+            [python, "-c", "import vpncrypt, sys; from vpncrypt import _fast; "
+             "print(vpncrypt.__version__, '| CPython', sys.version.split()[0], '|', "
+             "vpncrypt.__file__.rsplit('/vpncrypt/', 1)[0])"],
+            env=self.installed_env, cwd="/", capture_output=True, text=True, timeout=60,
+            check=True)
+        self.vpncrypt_version = version.stdout.strip()
+
     def warm_bytecode(self) -> None:
         code = ("import runpy, vpncrypt.cli.vpncryptd, vpncrypt.cli.vpncrypt, vpncrypt.config, "
                 "vpncrypt.daemon.server, vpncrypt.daemon.client, vpncrypt.daemon.fastpath, "
@@ -764,10 +791,11 @@ class Bench:
                 "try:\n import pyroute2\nexcept ImportError:\n pass\n")
         env = dict(self.py_env)
         subprocess.run([PYTHON, "-c", code], env=env, cwd=ROOT, capture_output=True, timeout=120)
-        self.vpncrypt_version = subprocess.run(
-            [PYTHON, "-c", "import vpncrypt, ssl, sys; from vpncrypt import _fast; "
-             "print(vpncrypt.__version__, '| CPython', sys.version.split()[0])"],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=60).stdout.strip()
+        if self.vpncryptd is None:
+            self.vpncrypt_version = subprocess.run(
+                [PYTHON, "-c", "import vpncrypt, ssl, sys; from vpncrypt import _fast; "
+                 "print(vpncrypt.__version__, '| CPython', sys.version.split()[0])"],
+                env=env, cwd=ROOT, capture_output=True, text=True, timeout=60).stdout.strip()
         rev = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
                              capture_output=True, text=True).stdout.strip()
         self.vpncrypt_version = f"vpncrypt {self.vpncrypt_version} | git {rev}"
@@ -1331,6 +1359,9 @@ def main(argv=None) -> int:
     ap.add_argument("--wait-quiet", type=float, default=30.0,
                     help="before repeating a noisy run, and before each system, wait up to "
                     "this many seconds for the machine to be quiet (default 30)")
+    ap.add_argument("--install", choices=("wheel", "checkout"), default="wheel",
+                    help="wheel: vpncryptd from this checkout's wheel pip-installed into a "
+                    "fresh venv, as users run it (default); checkout: python -m from here")
     ap.add_argument("--json", default=str(OUT / "peers.json"))
     args = ap.parse_args(argv)
     systems = select(args.only)
@@ -1353,6 +1384,8 @@ def main(argv=None) -> int:
     interrupted = None
     meta = {"machine": machine_info(), "args": vars(args)}
     try:
+        if args.install == "wheel" and any(s.family == "vpncrypt" for s in systems):
+            bench.install()
         bench.warm_bytecode()
         bench.open()
         active = []
