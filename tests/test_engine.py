@@ -116,52 +116,99 @@ def _ipv6(src: bytes, dst: bytes, payload: bytes) -> bytes:
     return struct.pack("!IHBB16s16s", 6 << 28, len(payload), 17, 64, src, dst) + payload
 
 
+class LoopbackEngines:
+    """Native engines on loopback UDP with a datagram socketpair standing in for each
+    engine's TUN device (one packet per read and write, as a TUN gives), one event socket
+    and one stop pipe; a context manager that starts every loop and stops and closes it
+    all at exit."""
+
+    def __init__(self, frame_prefix: int = 0):
+        import os
+        import socket
+
+        self.fast = native()
+        self.frame_prefix = frame_prefix
+        self.engines, self.socks, self.tuns, self.threads = {}, {}, {}, []
+        self.events = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.events[0].setblocking(False)
+        self.stop_r, self.stop_w = os.pipe()
+
+    def add(self, name: str, server: bool, rcvbuf: int = 0):
+        """An engine called `name`; its UDP socket is socks[name], and tuns[name][1] is
+        the test's end of its TUN."""
+        import socket
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if rcvbuf:  # room for a whole burst: what the kernel drops, the engine never sees
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE (root)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        tun = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        tun[0].setblocking(False)
+        self.socks[name], self.tuns[name] = sock, tun
+        self.engines[name] = self.fast.Engine(server, tun[0].fileno(), sock.fileno(),
+                                              socket.AF_INET, self.events[0].fileno(),
+                                              self.stop_r, self.frame_prefix, 7, 0)
+        return self.engines[name]
+
+    def port(self, name: str) -> int:
+        return self.socks[name].getsockname()[1]
+
+    def __enter__(self):
+        import threading
+
+        self.threads = [threading.Thread(target=run) for e in self.engines.values()
+                        for run in (e.run_tun_to_udp, e.run_udp_to_tun)]
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        import os
+
+        os.write(self.stop_w, b"x")
+        for t in self.threads:
+            t.join(10)
+        for sock in [*self.socks.values(), *self.events,
+                     *(s for pair in self.tuns.values() for s in pair)]:
+            sock.close()
+        os.close(self.stop_r)
+        os.close(self.stop_w)
+
+
 def test_freebsd_frames_through_two_native_engines():
     """The native loop with FreeBSD's TUN framing (a 4-byte address family word in front
     of each packet, TUNSIFHEAD), between a client and a server engine over real UDP
     sockets on loopback. FreeBSD's tun(4) cannot run here: a datagram socketpair stands in
     for each TUN device (one packet per read and write, as tun(4) gives). The family word
     is stripped and checked on read (a wrong one is dropped) and written on delivery."""
-    import os
     import socket
-    import threading
     import time
 
-    fast = native()
     from vpncrypt.protocol.session import ClientSession, ServerCore
 
+    net = LoopbackEngines(frame_prefix=4)
+    fast = net.fast
     psk = bytes(range(32))
     core = ServerCore(7, fast.SivContext)
     core.set_client(1, psk)
     client = ClientSession(1, 7, psk, fast.SivContext)
-    socks = {name: socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for name in ("s", "c")}
-    for sock in socks.values():
-        sock.bind(("127.0.0.1", 0))
-        sock.setblocking(False)
-    tuns = {name: socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for name in ("s", "c")}
-    for engine_end, _ in tuns.values():
-        engine_end.setblocking(False)
-    events = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    stop_r, stop_w = os.pipe()
-    engines = {}
-    for name, server in (("s", True), ("c", False)):
-        engines[name] = fast.Engine(server, tuns[name][0].fileno(), socks[name].fileno(),
-                                    socket.AF_INET, events[0].fileno(), stop_r, 4, 7, 0)
+    engines = {"s": net.add("s", True), "c": net.add("c", False)}
+    tuns = net.tuns
     peer = core.peer(1)
     index = engines["s"].add_peer(1, peer.sender.ctx, peer.receiver.ctx, 1000)
     c_inner4, s_inner4 = bytes([10, 9, 0, 2]), bytes([10, 9, 0, 1])
     c_inner6, s_inner6 = bytes.fromhex("fd09" + "00" * 13 + "02"), bytes.fromhex(
         "fd09" + "00" * 13 + "01")
     engines["s"].set_routes([(4, 32, c_inner4, index), (6, 128, c_inner6, index)])
-    engines["s"].set_endpoint(index, "127.0.0.1", socks["c"].getsockname()[1])
+    engines["s"].set_endpoint(index, "127.0.0.1", net.port("c"))
     engines["c"].add_peer(1, client.sender.ctx, client.receiver.ctx, 5000)
-    engines["c"].set_endpoint(0, "127.0.0.1", socks["s"].getsockname()[1])
+    engines["c"].set_endpoint(0, "127.0.0.1", net.port("s"))
     engines["c"].hold_tx = False
-    threads = [threading.Thread(target=run) for e in engines.values()
-               for run in (e.run_tun_to_udp, e.run_udp_to_tun)]
-    for t in threads:
-        t.start()
-    try:
+    with net:
         def through(src_tun, dst_tun, frame):
             tuns[src_tun][1].send(frame)
             tuns[dst_tun][1].settimeout(5)
@@ -183,62 +230,41 @@ def test_freebsd_frames_through_two_native_engines():
         tuns["s"][1].settimeout(0.3)
         with pytest.raises(socket.timeout):
             tuns["s"][1].recv(65536)
-    finally:
-        os.write(stop_w, b"x")
-        for t in threads:
-            t.join(10)
-        for sock in [*socks.values(), *events, *(s for pair in tuns.values() for s in pair)]:
-            sock.close()
-        os.close(stop_r)
-        os.close(stop_w)
 
 
 def test_forgeries_from_elsewhere_are_opened_at_the_roaming_rate():
     """A server engine opens DATA naming a client from an address other than that
     client's endpoint at most ROAM_RATE (1000) a second; the rest is dropped as
     rate-limited before any crypto. From the endpoint every packet is opened. A real
-    packet from a new address still gets through and moves the endpoint."""
+    packet from a new address still gets through and moves the endpoint. The Python
+    loop's budget (daemon/server.py) is the same rate."""
     import os
     import socket
     import struct
-    import threading
     import time
 
-    fast = native()
+    from vpncrypt.daemon.server import ROAM_RATE
     from vpncrypt.protocol.session import ClientSession, ServerCore
     from vpncrypt.protocol.wire import Drop, Kind
 
+    net = LoopbackEngines()
+    fast = net.fast
+    assert fast.ROAM_RATE_PER_SECOND == ROAM_RATE == 1000
     psk = bytes(range(32))
     core = ServerCore(7, fast.SivContext)
     core.set_client(1, psk)
     client = ClientSession(1, 7, psk, fast.SivContext)
-    server_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:  # room for the whole burst: what the kernel drops, the engine never sees
-        server_sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE (root)
-    except PermissionError:
-        server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-    server_sock.bind(("127.0.0.1", 0))
-    server_sock.setblocking(False)
-    port = server_sock.getsockname()[1]
+    engine = net.add("server", True, rcvbuf=8 << 20)
+    port = net.port("server")
+    tun_test = net.tuns["server"][1]
     at_endpoint, elsewhere = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in "ab")
     for s in (at_endpoint, elsewhere):
         s.bind(("127.0.0.1", 0))
-    tun_engine, tun_test = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    tun_engine.setblocking(False)
-    events = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    events[0].setblocking(False)
-    stop_r, stop_w = os.pipe()
-    engine = fast.Engine(True, tun_engine.fileno(), server_sock.fileno(), socket.AF_INET,
-                         events[0].fileno(), stop_r, 0, 7, 0)
     peer = core.peer(1)
     index = engine.add_peer(1, peer.sender.ctx, peer.receiver.ctx, 1000)
     c_inner, s_inner = bytes([10, 9, 0, 2]), bytes([10, 9, 0, 1])
     engine.set_routes([(4, 32, c_inner, index)])
     engine.set_endpoint(index, "127.0.0.1", at_endpoint.getsockname()[1])
-    threads = [threading.Thread(target=run) for run in (engine.run_tun_to_udp,
-                                                        engine.run_udp_to_tun)]
-    for t in threads:
-        t.start()
 
     def forged(counter):  # a fresh DATA header for client 1, and a tag that cannot verify
         return struct.pack(">BHBI", 0x01, 1, int(time.time()) & 0xFF, counter) + os.urandom(48)
@@ -253,7 +279,7 @@ def test_forgeries_from_elsewhere_are_opened_at_the_roaming_rate():
             time.sleep(0.01)
         return seen((Drop.AUTH, Drop.RATE_LIMITED))
 
-    try:
+    with net, at_endpoint, elsewhere:
         burst = 3000
         t0 = time.monotonic()
         for i in range(burst):
@@ -279,11 +305,3 @@ def test_forgeries_from_elsewhere_are_opened_at_the_roaming_rate():
         tun_test.settimeout(5)
         assert tun_test.recv(65536) == inner
         assert engine.peer_stats(index)["rx_packets"] == 1
-    finally:
-        os.write(stop_w, b"x")
-        for t in threads:
-            t.join(10)
-        for s in (server_sock, at_endpoint, elsewhere, tun_engine, tun_test, *events):
-            s.close()
-        os.close(stop_r)
-        os.close(stop_w)

@@ -354,6 +354,36 @@ cdef int siv_open(Siv *s, const uint8_t **ads, const int *adl, int nad, const ui
     return ok and CRYPTO_memcmp(v, tag, 16) == 0
 
 
+cdef inline int seal_packet(Siv *s, uint8_t ptype, uint32_t client_id, uint32_t server_id,
+                            uint64_t ts, uint32_t counter, const uint8_t *body, int n,
+                            uint8_t *o) noexcept nogil:
+    """One packet at o: the 8-byte header (wire.py), then tag and ciphertext sealed under
+    the associated data built from it. body may be o + OVERHEAD (sealed in place). Every
+    sealing path (SivContext.seal, the Engine's loop and control packets, bench_siv)
+    goes through here, so they cannot lay a packet out differently."""
+    cdef uint8_t ad[AD_LEN]
+    cdef const uint8_t *adp = ad
+    cdef int adl = AD_LEN
+    o[0] = ptype
+    put16(o + 1, client_id)
+    o[3] = <uint8_t>(ts & 0xFF)
+    put32(o + 4, counter)
+    build_ad(ad, o, server_id, ts)
+    return siv_seal(s, &adp, &adl, 1, body, n, o + HEADER_LEN, o + OVERHEAD)
+
+
+cdef inline int open_packet(Siv *s, uint32_t server_id, uint64_t ts, const uint8_t *pkt,
+                            int body, uint8_t *out) noexcept nogil:
+    """The plaintext of a packet (body bytes after the 24-byte overhead) into out, under
+    the associated data built from its header and the full timestamp ts; 0 if it does
+    not authenticate. The counterpart of seal_packet for every opening path."""
+    cdef uint8_t ad[AD_LEN]
+    cdef const uint8_t *adp = ad
+    cdef int adl = AD_LEN
+    build_ad(ad, pkt, server_id, ts)
+    return siv_open(s, &adp, &adl, 1, pkt + HEADER_LEN, pkt + OVERHEAD, body, out)
+
+
 def rfc5297(bint encrypt, bytes key, list ads, bytes data):
     """Raw AES-SIV (any key size) over the same code, for RFC 5297's test vectors.
 
@@ -436,9 +466,6 @@ cdef class SivContext:
         cdef Py_buffer view
         cdef const uint8_t *src
         cdef Py_ssize_t n
-        cdef uint8_t ad[AD_LEN]
-        cdef const uint8_t *adp = ad
-        cdef int adl = AD_LEN
         cdef int ok
         cdef uint8_t *p
         if ptype < 0 or ptype > 255:
@@ -449,14 +476,9 @@ cdef class SivContext:
                 raise ValueError("body must be 1..%d bytes" % (MAX_DATAGRAM - OVERHEAD))
             out = PyBytes_FromStringAndSize(NULL, OVERHEAD + n)
             p = <uint8_t *>PyBytes_AS_STRING(out)
-            p[0] = <uint8_t>ptype
-            put16(p + 1, self.client_id)
-            p[3] = <uint8_t>(timestamp & 0xFF)
-            put32(p + 4, counter)
             with nogil:
-                build_ad(ad, p, self.server_id, timestamp)
-                ok = siv_seal(&self.siv, &adp, &adl, 1, src, <int>n, p + HEADER_LEN,
-                              p + OVERHEAD)
+                ok = seal_packet(&self.siv, <uint8_t>ptype, self.client_id, self.server_id,
+                                 timestamp, counter, src, <int>n, p)
         finally:
             if not borrowed:
                 PyBuffer_Release(&view)
@@ -473,9 +495,6 @@ cdef class SivContext:
         cdef Py_buffer view
         cdef const uint8_t *src
         cdef Py_ssize_t size
-        cdef uint8_t ad[AD_LEN]
-        cdef const uint8_t *adp = ad
-        cdef int adl = AD_LEN
         cdef int ok = 0
         cdef uint8_t *dst
         out = None
@@ -488,9 +507,8 @@ cdef class SivContext:
             out = PyBytes_FromStringAndSize(NULL, size - OVERHEAD)
             dst = <uint8_t *>PyBytes_AS_STRING(out)
             with nogil:
-                build_ad(ad, src, self.server_id, timestamp)
-                ok = siv_open(&self.siv, &adp, &adl, 1, src + HEADER_LEN, src + OVERHEAD,
-                              <int>(size - OVERHEAD), dst)
+                ok = open_packet(&self.siv, self.server_id, timestamp, src,
+                                 <int>(size - OVERHEAD), dst)
         finally:
             if not borrowed:
                 PyBuffer_Release(&view)
@@ -755,6 +773,7 @@ DEF EV_TOO_BIG = 4     # a TUN packet over the tunnel MTU: Python answers with I
 DEF TOO_BIG_SAMPLE = 1232  # what ICMPv6 "packet too big" can quote within 1280 bytes
 DEF EV_HEADER = 8
 DEF ADDR_MAX = 28
+ROAM_RATE_PER_SECOND = ROAM_RATE  # daemon/server.py's ROAM_RATE must agree (tests pin it)
 
 
 # ---- replay window (exactly protocol/replay.py, with the bitmap as a ring) ------------------
@@ -1381,21 +1400,13 @@ cdef class Engine:
         """Seal a control packet for peer `idx` with the shared counter (keepalive, time)."""
         cdef Peer *p = self.peer(idx)
         cdef Py_ssize_t n = len(body)
-        cdef uint8_t ad[AD_LEN]
-        cdef const uint8_t *adp = ad
-        cdef int adl = AD_LEN
         if n < 1 or n > MAX_DATAGRAM - OVERHEAD:
             raise ValueError("bad body size")
         out = PyBytes_FromStringAndSize(NULL, OVERHEAD + n)
         cdef uint8_t *o = <uint8_t *>PyBytes_AS_STRING(out)
-        o[0] = <uint8_t>ptype
-        put16(o + 1, p.id)
-        o[3] = <uint8_t>(timestamp & 0xFF)
-        put32(o + 4, vc_next_counter(&p.counter))
-        build_ad(ad, o, self.server_id, timestamp)
-        if not siv_seal(p.seal, &adp, &adl, 1,
-                        <const uint8_t *>PyBytes_AS_STRING(body), <int>n, o + HEADER_LEN,
-                        o + OVERHEAD):
+        if not seal_packet(p.seal, <uint8_t>ptype, p.id, self.server_id, timestamp,
+                           vc_next_counter(&p.counter),
+                           <const uint8_t *>PyBytes_AS_STRING(body), <int>n, o):
             raise RuntimeError("AES-SIV seal failed")
         return out
 
@@ -1549,15 +1560,9 @@ cdef class Engine:
     cdef int seal_into(self, Peer *p, uint8_t *o, const uint8_t *body, Py_ssize_t n,
                        int64_t ts) noexcept nogil:
         """Header, tag and ciphertext of a DATA packet at o; body may be o + OVERHEAD."""
-        cdef uint8_t ad[AD_LEN]
-        cdef const uint8_t *adp = ad
-        cdef int adl = AD_LEN
-        o[0] = KIND_DATA | (FROM_SERVER if self.server else 0)
-        put16(o + 1, p.id)
-        o[3] = <uint8_t>(ts & 0xFF)
-        put32(o + 4, vc_next_counter(&p.counter))
-        build_ad(ad, o, self.server_id, <uint64_t>ts)
-        return siv_seal(p.seal, &adp, &adl, 1, body, <int>n, o + HEADER_LEN, o + OVERHEAD)
+        return seal_packet(p.seal, KIND_DATA | (FROM_SERVER if self.server else 0), p.id,
+                           self.server_id, <uint64_t>ts, vc_next_counter(&p.counter), body,
+                           <int>n, o)
 
     cdef uint8_t *tx_open(self, Tx *tx, Peer *p) noexcept nogil:
         """The buffer of the next message of the batch, addressed to p (flushes if full)."""
@@ -1823,11 +1828,8 @@ cdef class Engine:
         """One received datagram: drop it with a reason, hand it up, or deliver it to the
         TUN (through `co` when the TUN has a virtio header). `out` has HEADROOM bytes in
         front of where the plaintext goes."""
-        cdef uint8_t ad[AD_LEN]
-        cdef const uint8_t *adp = ad
-        cdef int adl = AD_LEN
         cdef uint8_t addr[16]
-        cdef int idx, version, reason
+        cdef int idx, version, reason, moved
         cdef Py_ssize_t body
         cdef uint8_t ptype
         cdef uint32_t cid, counter
@@ -1869,9 +1871,10 @@ cdef class Engine:
         if reason != D_NONE:
             self.drop(p, reason, src, alen, pkt, n, mono)
             return
-        if self.server and (p.endpoint_len == 0 or alen != p.endpoint_len
-                            or memcmp(src, &p.endpoint, alen) != 0) and \
-                not self.take(&p.roam_tokens, &p.roam_refilled, ROAM_RATE, mono):
+        # Not from the client's endpoint (or it has none: endpoint_len 0 never equals alen).
+        moved = self.server and (alen != p.endpoint_len
+                                 or memcmp(src, &p.endpoint, alen) != 0)
+        if moved and not self.take(&p.roam_tokens, &p.roam_refilled, ROAM_RATE, mono):
             # Opening is what a forgery costs us (a whole AES-SIV pass): from anywhere but
             # the client's current address (or while it has none) only ROAM_RATE a second
             # are tried, so a flood naming a client cannot eat the CPU the real traffic
@@ -1880,9 +1883,7 @@ cdef class Engine:
             self.drop(p, D_RATE_LIMITED, src, alen, pkt, 0, mono)
             return
         body = n - OVERHEAD
-        build_ad(ad, pkt, self.server_id, <uint64_t>ts)
-        if not siv_open(p.open, &adp, &adl, 1, pkt + HEADER_LEN, pkt + OVERHEAD, <int>body,
-                        plain):
+        if not open_packet(p.open, self.server_id, <uint64_t>ts, pkt, <int>body, plain):
             self.drop(p, D_AUTH, src, alen, pkt, n, mono)
             return
         if self.server:
@@ -1900,7 +1901,7 @@ cdef class Engine:
         p.rx_bytes += n
         p.last_rx = mono
         p.first_unanswered = 0
-        if self.server and (alen != p.endpoint_len or memcmp(src, &p.endpoint, alen) != 0):
+        if moved:
             pthread_mutex_lock(&p.lock)
             memcpy(&p.endpoint, src, alen)
             p.endpoint_len = alen
@@ -2136,9 +2137,6 @@ def bench_siv(SivContext ctx, str op, bytes data, uint64_t timestamp, long count
     cdef uint8_t *o = <uint8_t *>malloc(outlen)
     if o == NULL:
         raise MemoryError()
-    cdef uint8_t ad[AD_LEN]
-    cdef const uint8_t *adp = ad
-    cdef int adl = AD_LEN
     cdef uint32_t counter = 0
     cdef uint32_t client_id = ctx.client_id, server_id = ctx.server_id
     cdef Siv *s = &ctx.siv
@@ -2150,22 +2148,15 @@ def bench_siv(SivContext ctx, str op, bytes data, uint64_t timestamp, long count
             clock_gettime(CLOCK_MONOTONIC, &t0)
             if seal:
                 for i in range(count):
-                    # as Engine.seal_into
-                    o[0] = <uint8_t>ptype
-                    put16(o + 1, client_id)
-                    o[3] = <uint8_t>(timestamp & 0xFF)
-                    put32(o + 4, vc_next_counter(&counter))
-                    build_ad(ad, o, server_id, timestamp)
-                    if not siv_seal(s, &adp, &adl, 1, src, <int>body, o + HEADER_LEN,
-                                    o + OVERHEAD):
+                    # what Engine.seal_into does, counter included
+                    if not seal_packet(s, <uint8_t>ptype, client_id, server_id, timestamp,
+                                       vc_next_counter(&counter), src, <int>body, o):
                         ok = 0
                         break
             else:
                 for i in range(count):
-                    # as Engine.on_datagram
-                    build_ad(ad, src, server_id, timestamp)
-                    if not siv_open(s, &adp, &adl, 1, src + HEADER_LEN, src + OVERHEAD,
-                                    <int>body, o):
+                    # what Engine.on_datagram does
+                    if not open_packet(s, server_id, timestamp, src, <int>body, o):
                         ok = 0
                         break
             clock_gettime(CLOCK_MONOTONIC, &t1)

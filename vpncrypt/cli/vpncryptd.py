@@ -97,9 +97,8 @@ def main(argv=None) -> None:
     args = handed_args() if argv is None else None
     if args is None:
         args = parse_args(__doc__, argv, f"vpncryptd {__version__}", PROG)
-        crypto = args["--crypto"]
-        if crypto not in ("auto", "native", "reference"):
-            fail(PROG, f"--crypto: unknown path '{crypto}' (native, reference or auto)")
+        if args["--crypto"] not in ("auto", "native", "reference"):
+            fail(PROG, f"--crypto: unknown path '{args['--crypto']}' (native, reference or auto)")
         if argv is None:
             parsed_then_exec(args)
     crypto = args["--crypto"]

@@ -11,6 +11,8 @@ import os
 import pwd
 import sys
 
+from ..protocol.aead import native_module
+
 CAP_DAC_READ_SEARCH = 2
 CAP_NET_ADMIN = 12
 KEPT = (CAP_NET_ADMIN, CAP_DAC_READ_SEARCH)
@@ -22,12 +24,9 @@ DEFAULT_USER = "nobody"
 def _syscalls():
     """(keep_caps(on), set_caps(mask)), each raising OSError: from the native extension,
     or through ctypes without it (ctypes costs ~0.5 MB of resident memory for good)."""
-    try:
-        from .. import _fast
-
-        return _fast.keep_caps, _fast.set_caps
-    except ImportError:
-        pass
+    fast = native_module()
+    if fast is not None:
+        return fast.keep_caps, fast.set_caps
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)

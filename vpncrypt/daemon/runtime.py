@@ -64,11 +64,9 @@ def add_drops(doc: dict, drops: dict) -> dict:
 def trim_heap() -> None:
     """Give the C heap's free pages back after start-up or a reload (~0.4 MB with glibc,
     which keeps them otherwise); nothing without the extension."""
-    try:
-        from .. import _fast
-    except ImportError:
-        return
-    _fast.trim_heap()
+    fast = aead.native_module()
+    if fast is not None:
+        fast.trim_heap()
 
 
 def overhead(family: int) -> int:

@@ -48,6 +48,7 @@ import struct
 import sys
 
 from ..protocol import wire
+from ..protocol.aead import native_module
 from .logs import log
 
 SO_ATTACH_FILTER = 26  # <asm-generic/socket.h>; not in Python's socket module
@@ -113,11 +114,8 @@ def attach(sock: socket.socket, role: str) -> bool:
 
 def _native_attach():
     """The extension's attach_filter(fd, code), or None without the extension."""
-    try:
-        from .. import _fast
-    except ImportError:
-        return None
-    return _fast.attach_filter
+    fast = native_module()
+    return None if fast is None else fast.attach_filter
 
 
 def _setsockopt_filter(sock: socket.socket, code: bytes) -> None:

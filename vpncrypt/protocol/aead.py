@@ -51,13 +51,20 @@ class ReferenceSivContext:
             return None
 
 
-def native_context():
-    """The native SivContext class, or None if the extension is not built/loadable."""
+def native_module():
+    """The native extension vpncrypt._fast, or None if it is not built/loadable (the
+    daemon then runs on the reference path, the Python loop and ctypes fallbacks)."""
     try:
         from .. import _fast
     except ImportError:
         return None
-    return _fast.SivContext
+    return _fast
+
+
+def native_context():
+    """The native SivContext class, or None if the extension is not built/loadable."""
+    fast = native_module()
+    return None if fast is None else fast.SivContext
 
 
 def select(prefer: str | None = None):
