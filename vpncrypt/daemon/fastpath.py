@@ -79,11 +79,8 @@ class NativePath:
 
     def offloads_in_use(self) -> list:
         flags = self.engine.offload
-        used = [name for name in self.tun_offloads if name in ("csum", "tso4", "tso6")]
-        if flags & OFF_USO:  # cleared if the TUN refused a UDP super-packet after all
-            used += [name for name in self.tun_offloads if name in ("uso4", "uso6")]
-        return used + [name for bit, name in ((OFF_GSO, "udp-gso"), (OFF_GRO, "udp-gro"))
-                       if flags & bit]
+        return [name for name in self.tun_offloads if name != "vnet-hdr"] + [
+            name for bit, name in ((OFF_GSO, "udp-gso"), (OFF_GRO, "udp-gro")) if flags & bit]
 
     def describe(self) -> str:
         """"native loop" and the offloads in use, for the start-up line."""

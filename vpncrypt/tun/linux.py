@@ -81,7 +81,7 @@ class LinuxTun(TunDevice):
     def __init__(self, fd: int, name: str, offloads: tuple[str, ...] | None = None) -> None:
         self.fd = fd
         self.name = name
-        self.offloads = offloads or ()  # of "vnet-hdr", "csum", "tso4", "tso6"
+        self.offloads = offloads or ()  # of "vnet-hdr", "csum", "tso4", "tso6", "uso4", "uso6"
         self.frame_prefix = VNET_HDR_LEN if offloads else 0
 
     def read(self) -> bytes:
