@@ -37,10 +37,13 @@ CPUs. On one machine the flooder takes CPU time the system under test would have
 against a remote attacker. --pin-flooder CPU runs it under `taskset -c CPU`; --pin-vpn
 CPUS pins everything else (both daemons, iperf3, tcpdump; the kernel's receive work for
 each sender runs on the sender's CPU on veth), so that attacker and defender do not
-share a core. Both unpinned by default; the header line says which were pinned.
+share a core. Both unpinned by default; the header line says which were pinned. On veth
+the receiving side's kernel work (IP, UDP, the socket filter) runs on the sender's CPU,
+so pinned, the flooder's core pays for it; --steer-rx (with --pin-vpn) moves it to the
+VPN's CPUs with RPS, where a NIC's interrupt would put it.
 
     sudo .venv/bin/python bench/flood.py [--seconds 20] [--loop native] [--runs 5]
-        [--sockfilter both] [--pin-flooder 1 --pin-vpn 0] [--json FILE]
+        [--sockfilter both] [--pin-flooder 1 --pin-vpn 0 [--steer-rx]] [--json FILE]
 
 Needs root, iproute2, iperf3, tcpdump and taskset. Namespaces and processes go away at
 the end. The machine's other load changes the numbers a lot; run it on a quiet machine,
@@ -105,7 +108,8 @@ def vmhwm_kb(pid: int) -> int:
 
 
 def run(loop: str, seconds: float, workdir: str, sockfilter: bool = True,
-        pin_flooder: str | None = None, daemon_env: dict | None = None) -> dict:
+        pin_flooder: str | None = None, daemon_env: dict | None = None,
+        rx_cpus: set | None = None) -> dict:
     hosts = []
 
     def make():
@@ -123,6 +127,13 @@ def run(loop: str, seconds: float, workdir: str, sockfilter: bool = True,
                   + f"\n[client ghost]\nid = {GHOST_ID}\nkey = {generate_key()}\n"
                     "allowed_ips = 10.201.0.200/32\n")
         flooder = Flooder(make, vpn.server_host)
+        if rx_cpus:
+            # veth does the receiving side's kernel work (IP, UDP, the socket filter) on
+            # the sender's CPU; a NIC's interrupt would put it on the server's. Steer it
+            # there (RPS), so the defender pays for it as it would against a remote host.
+            mask = sum(1 << c for c in rx_cpus)
+            vpn.server_host.run(["sh", "-c", f"echo {mask:x} > /sys/class/net/"
+                                 f"{flooder.server_if}/queues/rx-0/rps_cpus"])
         vpn.start()
         vpn.wait_ping(vpn.client_host(), SERVER_TUN4)
 
@@ -252,14 +263,20 @@ def main() -> None:
                          "tcpdump (this script's affinity, inherited; default: none)")
     ap.add_argument("--daemon-env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for both daemons (repeatable)")
+    ap.add_argument("--steer-rx", action="store_true",
+                    help="with --pin-vpn: the server's kernel receive work for the flood "
+                         "runs on those CPUs too (RPS), as a NIC interrupt's would")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
+    if args.steer_rx and args.pin_vpn == "none":
+        ap.error("--steer-rx needs --pin-vpn")
     if os.geteuid() != 0:
         sys.exit("bench/flood.py: needs root (network namespaces)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     loops = ["native", "python"] if args.loop == "both" else [args.loop]
     filters = [True, False] if args.sockfilter == "both" else [args.sockfilter == "on"]
     pin = None if args.pin_flooder == "none" else args.pin_flooder
+    cpus = None
     if args.pin_vpn != "none":
         cpus = set()
         for part in args.pin_vpn.split(","):
@@ -275,7 +292,7 @@ def main() -> None:
         for i in range(args.runs):
             for loop, f in configs:
                 r = run(loop, args.seconds, workdir, sockfilter=f, pin_flooder=pin,
-                        daemon_env=env)
+                        daemon_env=env, rx_cpus=cpus if args.steer_rx else None)
                 r["round"] = i + 1
                 results.append(r)
                 print(f"  round {i + 1}: {label(r)}: {r['unflooded_mbit']} -> "
@@ -290,7 +307,8 @@ def main() -> None:
           f"{platform.node()}, {os.cpu_count()} CPUs, load {load0:.2f} -> "
           f"{os.getloadavg()[0]:.2f}; flooder "
           f"{f'pinned to CPU {pin}' if pin else 'not pinned'}, daemons and iperf3 "
-          f"{'not pinned' if args.pin_vpn == 'none' else f'pinned to CPU {args.pin_vpn}'})\n")
+          f"{'not pinned' if args.pin_vpn == 'none' else f'pinned to CPU {args.pin_vpn}'}"
+          f"{', the flood received on them (RPS)' if args.steer_rx else ''})\n")
     print(summary(groups))
     print("\nThe run with the median ratio of each configuration:\n")
     print(markdown([median_run(rs) for rs in groups.values()]))

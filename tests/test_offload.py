@@ -1,13 +1,14 @@
 """The native loop's offloads: TCP (and UDP) segmentation from a TUN with a virtio
-header, UDP GSO sends, UDP GRO receives and TCP and UDP coalescing into the TUN, on and
-off, checked by hash through real namespaces; and the checksums the segmentation writes,
-against a Python reference."""
+header, UDP GSO sends, UDP GRO receives (and wide receive batches where the path does not
+coalesce) and TCP coalescing into the TUN, on and off, checked by hash through real
+namespaces; and the checksums the segmentation writes, against a Python reference."""
 
 import json
 import random
 import struct
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -117,7 +118,8 @@ def test_transfers_both_ways_with_and_without_offloads(netns_factory, tmp_path, 
             assert off["coalesced_segments"] > 4 * off["coalesced_packets"], off
         else:
             assert off == {"in_use": [], "tso_packets": 0, "tso_segments": 0, "gso_sends": 0,
-                           "gro_messages": 0, "gro_datagrams": 0, "coalesced_packets": 0,
+                           "gro_messages": 0, "gro_datagrams": 0, "gro_pauses": 0,
+                           "coalesced_packets": 0,
                            "coalesced_segments": 0}
         # Nothing cut or coalesced went wrong (a packet or two before the client's first
         # time sync may be held back: "unsynced").
@@ -164,6 +166,32 @@ for first in range(0, count, max(gso, 1)):
     if first % 64 < max(gso, 1):
         time.sleep(0.002)  # paced: what is measured is correctness, not a queue overflow
 """
+
+
+@pytest.mark.netns
+def test_receiver_takes_wide_batches_when_the_path_does_not_coalesce(netns_factory, tmp_path):
+    """Over a link that segments the GSO sends (as a NIC does) and does not coalesce
+    them again, every datagram arrives alone: the receiver turns UDP GRO off and takes
+    32 datagrams a call; a second later it tries GRO again, and once the path coalesces
+    (segmentation off again) GRO messages come back. Transfers intact throughout."""
+    vpn = Deployment(netns_factory, tmp_path).start()
+    client = vpn.client_host()
+    vpn.wait_ping(client, SERVER_TUN4)
+    vpn.segment_on_the_wire(1)
+    was = show(vpn, "server")["offloads"]
+    sent, received = transfer(client, vpn.server_host, SERVER_TUN4, 48 * MB, seed=5)
+    assert_same(sent, received, 48 * MB)
+    paused = show(vpn, "server")["offloads"]
+    assert "udp-gro" in paused["in_use"], paused
+    assert paused["gro_pauses"] > was["gro_pauses"], (was, paused)
+    for host, name in ((vpn.server_host, vpn.links[0][0]), (client, vpn.links[0][1])):
+        host.run(["ethtool", "-K", name, "tx-udp-segmentation", "on"])
+    time.sleep(1.5)  # past the second after which GRO is tried again
+    sent, received = transfer(client, vpn.server_host, SERVER_TUN4, 48 * MB, seed=6)
+    assert_same(sent, received, 48 * MB)
+    again = show(vpn, "server")["offloads"]
+    assert again["gro_messages"] - paused["gro_messages"] > 100, (paused, again)
+    assert set(show(vpn, "server")["totals"]["drops"]) <= {"unsynced"}
 
 
 @pytest.mark.netns

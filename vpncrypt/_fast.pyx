@@ -535,6 +535,13 @@ from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME, CLOCK_MONOTONIC
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
 
+cdef extern from "<sys/mman.h>" nogil:
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
+    int munmap(void *addr, size_t length)
+    int madvise(void *addr, size_t length, int advice)
+    void *MAP_FAILED
+    int PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MADV_DONTNEED
+
 cdef extern from "<poll.h>" nogil:
     struct pollfd:
         int fd
@@ -662,6 +669,7 @@ cdef extern from "<sys/socket.h>" nogil:
     size_t CMSG_SPACE(size_t n)
     size_t CMSG_LEN(size_t n)
     int recvmmsg(int fd, mmsghdr *vec, unsigned int vlen, int flags, void *timeout)
+    int setsockopt(int fd, int level, int name, const void *value, socklen_t n)
     int sendmmsg(int fd, mmsghdr *vec, unsigned int vlen, int flags)
     ssize_t send(int fd, const void *buf, size_t n, int flags)
     ssize_t sendto(int fd, const void *buf, size_t n, int flags, const void *addr,
@@ -766,7 +774,11 @@ DEF TX_BYTES = 131072     # a send batch flushes past this: bounds the buffer me
                           # (two 64-KB GSO messages a sendmmsg is plenty at these rates)
 DEF TX_CAP = TX_BYTES + SLOT + BATCH * 16   # + the message that crossed it, + alignment
 DEF RX_ROUNDS = 16        # receive batches between two polls while batches come full
+DEF YIELD_WRITES = 32     # TUN writes in one receive batch after which the core is offered
 DEF RX_GRO_MSGS = 2       # receive slots per call when each may hold 64 KB of datagrams
+DEF RX_KEEP = 16384       # a receive slot past RX_GRO_MSGS keeps up to this much resident
+DEF GRO_QUIET = 64        # full receive batches without a coalesced message: GRO off
+DEF GRO_RETRY = 1.0       # seconds until GRO is tried again
 # Event kinds sent to the Python side.
 DEF EV_PACKET = 1      # a non-DATA packet for the sans-IO core to decide
 DEF EV_ENDPOINT = 2    # a client's endpoint changed (authenticated DATA from a new address)
@@ -1206,7 +1218,9 @@ cdef class Engine:
     cdef readonly uint64_t tso_packets, tso_segments, gro_messages, gro_datagrams, gso_sends
     # ... and TUN writes that carried several coalesced segments, and those segments.
     cdef readonly uint64_t coalesced_packets, coalesced_segments
+    cdef readonly uint64_t gro_pauses        # GRO turned off: the path does not coalesce
     cdef bint no_coalesce             # the TUN refused a coalesced write: stop trying
+    cdef uint64_t tun_writes          # packets written to the TUN (the UDP -> TUN thread's)
     cdef int sock_family
     cdef uint32_t server_id
     cdef Peer **peers
@@ -1899,6 +1913,7 @@ cdef class Engine:
                     return 0
             elif errno != EINTR:
                 return 0
+        self.tun_writes += 1
         return 1
 
     cdef void deliver(self, Coal *co, uint8_t *plain, Py_ssize_t body) noexcept nogil:
@@ -1966,10 +1981,19 @@ cdef class Engine:
         co.len = 0
 
     cdef void udp_loop(self) noexcept nogil:
-        # With UDP GRO a slot may fill up to 64 KB: fewer slots keep the memory touched
-        # bounded, and each still carries dozens of datagrams.
+        # With UDP GRO a slot may fill up to 64 KB: a call takes only RX_GRO_MSGS
+        # messages (each still dozens of datagrams), so the memory touched stays small.
+        # But an underlay that does not coalesce hands over one datagram per message,
+        # two per call (-45% TCP through a tunnel over a path that segments on the wire).
+        # So after GRO_QUIET full batches without one coalesced message, GRO is turned
+        # off on the socket (nothing 64 KB can arrive then) and calls take BATCH
+        # datagrams; a second later GRO is tried again, in case the path changed.
         cdef int nmsg = RX_GRO_MSGS if self.offload & OFF_GRO else BATCH
-        cdef uint8_t *inbufs = <uint8_t *>malloc(<size_t>nmsg * SLOT)
+        cdef int saw_gro, quiet = 0, gro_on = 1, gro_off = 0
+        cdef double wide_since = 0
+        cdef uint8_t *inbufs = <uint8_t *>mmap(NULL, <size_t>BATCH * SLOT,
+                                               PROT_READ | PROT_WRITE,
+                                               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         cdef uint8_t *out = <uint8_t *>malloc(SLOT + HEADROOM)
         cdef Coal coal
         cdef Coal *co = NULL
@@ -1977,7 +2001,8 @@ cdef class Engine:
         cdef iovec iovs[BATCH]
         cdef sockaddr_storage srcs[BATCH]
         cdef uint64_t ctrl[BATCH * 4]
-        cdef int got, i, gso, rounds
+        cdef int got, i, gso, rounds, full
+        cdef uint64_t written
         cdef Py_ssize_t n, off, seg
         cdef uint8_t *base
         cdef int64_t now_s
@@ -1987,8 +2012,11 @@ cdef class Engine:
         if self.offload & OFF_VNET:
             coal.buf = <uint8_t *>malloc(HEADROOM + 65535)
             co = &coal
+        if inbufs == MAP_FAILED:
+            inbufs = NULL
         if inbufs == NULL or out == NULL or (co != NULL and coal.buf == NULL):
-            free(inbufs)
+            if inbufs != NULL:
+                munmap(inbufs, <size_t>BATCH * SLOT)
             free(out)
             free(coal.buf)
             return
@@ -1997,6 +2025,7 @@ cdef class Engine:
             # load (a flood) poll() per batch was a fifth of the loop's time. The stop
             # pipe is still looked at every RX_ROUNDS batches.
             for rounds in range(RX_ROUNDS):
+                written = self.tun_writes
                 for i in range(nmsg):
                     iovs[i].iov_base = inbufs + <size_t>i * SLOT
                     iovs[i].iov_len = SLOT
@@ -2013,6 +2042,7 @@ cdef class Engine:
                     break
                 mono = clock_now(CLOCK_MONOTONIC)
                 now_s = <int64_t>(clock_now(CLOCK_REALTIME) + self.clock_offset)
+                saw_gro = 0
                 for i in range(got):
                     base = inbufs + <size_t>i * SLOT
                     n = msgs[i].msg_len
@@ -2031,6 +2061,7 @@ cdef class Engine:
                                     seg = gso
                             c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)
                     if seg < n:
+                        saw_gro = 1
                         self.gro_messages += 1
                         self.gro_datagrams += (n + seg - 1) // seg
                     off = 0
@@ -2042,15 +2073,36 @@ cdef class Engine:
                             break
                 if co != NULL:
                     self.flush_coal(co)   # nothing waits past its receive batch
-                if got < nmsg:
+                for i in range(RX_GRO_MSGS, got):
+                    # Only if GRO was on a moment ago (or with a jumbo datagram): give
+                    # the pages back, the memory touched stays what it was.
+                    if msgs[i].msg_len > RX_KEEP:
+                        madvise(inbufs + <size_t>i * SLOT, SLOT, MADV_DONTNEED)
+                full = got == nmsg
+                if self.offload & OFF_GRO:
+                    if nmsg == BATCH:
+                        if mono - wide_since > GRO_RETRY:
+                            setsockopt(self.sock_fd, SOL_UDP, UDP_GRO, &gro_on, sizeof(int))
+                            nmsg, quiet = RX_GRO_MSGS, 0
+                    elif saw_gro:
+                        quiet = 0
+                    elif full:
+                        quiet += 1
+                        if quiet >= GRO_QUIET and setsockopt(
+                                self.sock_fd, SOL_UDP, UDP_GRO, &gro_off, sizeof(int)) == 0:
+                            nmsg, wide_since = BATCH, mono
+                            self.gro_pauses += 1
+                if not full:
                     break
-                # More is waiting, but let a local reader of what we just wrote to the
-                # TUN (sharing this core) drain its socket first: the TUN write delivers
-                # into it synchronously, and left to run we fill its receive buffer
-                # faster than it empties (iperf3, 64-byte UDP: a fifth of the packets
-                # were dropped there). Free when nobody else wants the core.
-                sched_yield()
-        free(inbufs)
+                # More is waiting, but if this batch put many packets into the TUN, let
+                # a local reader of them (sharing this core) drain its socket first: the
+                # TUN write delivers into it synchronously, and left to run we fill its
+                # receive buffer faster than it empties (iperf3, 64-byte UDP: a fifth of
+                # the packets were dropped there). Not after batches that were mostly
+                # dropped or coalesced: a flood would only get the core handed over.
+                if self.tun_writes - written >= YIELD_WRITES:
+                    sched_yield()
+        munmap(inbufs, <size_t>BATCH * SLOT)
         free(out)
         free(coal.buf)
 

@@ -93,6 +93,7 @@ class NativePath:
                 "tso_packets": e.tso_packets, "tso_segments": e.tso_segments,
                 "gso_sends": e.gso_sends,
                 "gro_messages": e.gro_messages, "gro_datagrams": e.gro_datagrams,
+                "gro_pauses": e.gro_pauses,
                 "coalesced_packets": e.coalesced_packets,
                 "coalesced_segments": e.coalesced_segments}
 
