@@ -1,5 +1,6 @@
 """The daemon end to end: real vpncryptd processes, TUN devices and UDP between namespaces."""
 
+import glob
 import json
 import os
 import re
@@ -354,6 +355,23 @@ def test_daemons_drop_root_after_set_up(netns_factory, tmp_path):
     # The private control socket still answers root, and traffic still flows.
     vpn.ping(vpn.client_host(), SERVER_TUN4)
     assert vpn.server.stats()["role"] == "server"
+    # Nothing in the state directory is the unprivileged user's (other services may run
+    # as `nobody` too), yet the daemon keeps saving its replay state there.
+    for name in ("server", "client1"):
+        state = vpn.state_dir(name)
+        st = os.stat(state)
+        assert (st.st_uid, st.st_mode & 0o777) == (0, 0o700), (state, st)
+        entries = sorted(os.listdir(state))
+        assert entries == ["vpn0.replay", "vpn0.replay.1", "vpn0.sock"], entries
+        for entry in entries:
+            assert os.stat(os.path.join(state, entry)).st_uid == 0, entry
+            assert os.stat(os.path.join(state, entry)).st_mode & 0o077 == 0, entry
+    before = {p: open(p).read() for p in glob.glob(os.path.join(vpn.state_dir("server"), "*.replay*"))}
+    time.sleep(1.2)
+    vpn.ping(vpn.client_host(), SERVER_TUN4)
+    time.sleep(1.2)  # saved every 0.5 s
+    after = {p: open(p).read() for p in before}
+    assert after != before and all(re.search(r"^end \d+ \d+$", t, re.M) for t in after.values())
 
 
 def capture_tunnel(vpn, tmp_path, traffic):

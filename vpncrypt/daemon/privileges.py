@@ -73,10 +73,11 @@ def target(configured: str | None):
         return None  # no `nobody` here: the caller warns and stays root
 
 
-def drop(entry, own_paths=()) -> None:
+def drop(entry) -> None:
     """Become `entry`'s uid/gid with only KEPT capabilities. Must run before any other
-    thread starts: capabilities are per thread. `own_paths` (the state directory) are
-    handed to the new user first so it can clean up after itself."""
+    thread starts: capabilities are per thread. Nothing is handed to the new user: what
+    the daemon writes later (the replay state) it writes through descriptors opened
+    before, so the state directory stays writable by root alone."""
     keep_caps, set_caps = _syscalls()
 
     def check(call, what, *args):
@@ -85,12 +86,6 @@ def drop(entry, own_paths=()) -> None:
         except OSError as e:
             raise PrivilegeError(f"dropping privileges: {what}: {e.strerror}") from None
 
-    for path in own_paths:
-        try:
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-        except OSError as e:
-            raise PrivilegeError(f"dropping privileges: cannot hand {path} to user "
-                                 f"'{entry.pw_name}': {e.strerror} (needs CAP_CHOWN)") from None
     check(keep_caps, "prctl(PR_SET_KEEPCAPS)", True)
     try:
         os.setgroups([])

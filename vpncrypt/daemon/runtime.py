@@ -20,6 +20,7 @@ from ..protocol.wire import Drop
 from . import fastpath
 from .logs import RateLimiter, kv, log
 from . import sockfilter
+from .replaystate import ReplayStateError, ReplayStateFiles
 
 BATCH = 64  # packets drained per readiness event, so neither side starves the other
 TICK = 0.5  # seconds between timer checks (and replay-state saves)
@@ -29,6 +30,16 @@ SOCKET_BUFFER = 4 << 20
 
 class FatalError(Exception):
     """Start-up failure with a one-line message; the CLI prints it and exits non-zero."""
+
+
+def check_state_dir(path: str) -> None:
+    """The replay state and control socket must not be writable by anyone but us: not by
+    the unprivileged user we switch to either, which other services may share."""
+    st = os.stat(path)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise FatalError(f"state directory {path} belongs to uid {st.st_uid} with mode "
+                         f"{st.st_mode & 0o7777:04o}: it must be uid {os.geteuid()}'s, "
+                         "writable by it alone (chown it, or remove it to have it made)")
 
 
 class Counters:
@@ -100,6 +111,7 @@ class Runtime:
         self.control = None
         self.native = None  # fastpath.NativePath when DATA packets take the native loop
         self._saved_replay = {}
+        self.replay_files = None  # ReplayStateFiles, opened before the privilege drop
         self._wall_offset = None  # wall clock minus monotonic clock, to notice steps
         self.mtu = None
         self.started = time.monotonic()
@@ -152,6 +164,7 @@ class Runtime:
         path = control.socket_path(self.config.state_dir, self.tun.name)
         try:
             os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
+            check_state_dir(self.config.state_dir)
             if os.path.exists(path):
                 try:
                     control.request(path, {"command": "show"}, timeout=1.0)
@@ -268,9 +281,13 @@ class Runtime:
         self.install_signals()
         try:
             self.start()
+            try:
+                self.replay_files = ReplayStateFiles(self.replay_path())
+            except ReplayStateError as e:
+                raise FatalError(str(e)) from None
             self.drop_privileges()
         except FatalError:
-            for thing in (self.native, self.tun, self.sock, self.control):
+            for thing in (self.native, self.tun, self.sock, self.control, self.replay_files):
                 if thing is not None:
                     thing.close()
             raise
@@ -311,14 +328,14 @@ class Runtime:
         state = self.newest_timestamps()
         if state == self._saved_replay:
             return
-        path = self.replay_path()
+        if self.replay_files is None:
+            return
         try:
-            with open(path + ".tmp", "w") as f:
-                f.writelines(f"{key} {newest}\n" for key, newest in sorted(state.items()))
-            os.replace(path + ".tmp", path)
+            self.replay_files.save(state)
         except OSError as e:
             if self.limiter.allow(("replay-state", e.errno), time.monotonic()) is not None:
-                log.warning("cannot save replay state to %s: %s", path, e.strerror)
+                log.warning("cannot save replay state to %s: %s", self.replay_path(),
+                            e.strerror)
             return
         self._saved_replay = state
 
@@ -341,21 +358,16 @@ class Runtime:
         log.warning(kv("clock-step", seconds=delta, action="replay windows moved with it"))
 
     def load_replay_state(self) -> None:
-        try:
-            with open(self.replay_path()) as f:
-                saved = dict(line.split() for line in f if line.count(" ") == 1)
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as e:
-            log.warning("ignoring unreadable replay state %s: %s", self.replay_path(), e)
-            return
+        saved, problem = self.replay_files.load()
+        if problem:
+            log.warning("ignoring unreadable replay state %s: %s", self.replay_path(), problem)
         restored = 0
         for key, windows, index in self.replay_windows():
-            if str(key) not in saved or not saved[str(key)].isdigit():
+            if str(key) not in saved:
                 continue
             # The state is saved every tick: packets accepted since then are at most a
             # second or so newer than what was saved.
-            floor = int(saved[str(key)]) + REPLAY_MARGIN
+            floor = saved[str(key)] + REPLAY_MARGIN
             for w in windows:
                 w.restore(floor)
             if index is not None:
@@ -375,7 +387,7 @@ class Runtime:
                     log.warning("no user '%s' to drop privileges to: staying root",
                                 self.config.user or privileges.DEFAULT_USER)
                 return
-            privileges.drop(entry, own_paths=[self.config.state_dir])
+            privileges.drop(entry)
         except (privileges.PrivilegeError, OSError) as e:
             raise FatalError(str(e)) from None
         log.info("running as %s (uid %d) with CAP_NET_ADMIN and CAP_DAC_READ_SEARCH only",
@@ -422,12 +434,14 @@ class Runtime:
             self.tun.close()  # a non-persistent TUN interface disappears with its descriptor
         if self.sock is not None:
             self.sock.close()
+        if self.replay_files is not None:
+            self.replay_files.close()
         if self.control is not None:
             self.control.close()
             try:
                 os.unlink(self.control_path)
             except OSError:
-                pass
+                pass  # not ours to remove after the privilege drop: the next start does
         if self.native is not None:
             self.native.close()
         log.info("stopped")

@@ -1,0 +1,93 @@
+"""The replay state kept across daemon restarts: the newest timestamp accepted from each
+sender, saved every tick and at exit, restored at start (docs/PROTOCOL.md §14).
+
+The daemon runs as a user that other services may share (`nobody`), so nothing it writes
+may lie where that user could write too: the state directory stays root's, and root opens
+both files before privileges are dropped; the daemon then writes through those
+descriptors. The two files (`<interface>.replay` and `<interface>.replay.1`) take turns:
+each save goes to the one holding the older generation and ends with a line
+`end <generation> <crc32>`, so a save cut short by `kill -9` leaves the other one whole.
+"""
+
+import binascii
+import os
+
+
+class ReplayStateError(Exception):
+    """A one-line reason why the state files cannot be used."""
+
+
+def encode(state: dict, generation: int) -> bytes:
+    body = "".join(f"{key} {newest}\n" for key, newest in sorted(state.items())).encode()
+    return body + f"end {generation} {binascii.crc32(body)}\n".encode()
+
+
+def decode(data: bytes):
+    """(generation, {key: newest}) of a complete save, or None (empty, torn or foreign)."""
+    lines = data.split(b"\n")
+    for i, line in enumerate(lines):
+        fields = line.split()
+        if len(fields) != 3 or fields[0] != b"end" or not fields[1].isdigit():
+            continue
+        body = b"".join(part + b"\n" for part in lines[:i])
+        if fields[2].isdigit() and binascii.crc32(body) == int(fields[2]):
+            state = {}
+            for entry in lines[:i]:
+                key, _, newest = entry.decode(errors="replace").partition(" ")
+                if newest.isdigit():
+                    state[key] = int(newest)
+            return int(fields[1]), state
+    return None
+
+
+class ReplayStateFiles:
+    """Both files, opened (created 0600) by the caller's current user: call before the
+    privilege drop."""
+
+    def __init__(self, path: str) -> None:
+        self.paths = (path, path + ".1")
+        self.fds: list[int] = []
+        self.generation = 0
+        try:
+            for p in self.paths:
+                self.fds.append(os.open(p, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                                        0o600))
+        except OSError as e:
+            self.close()
+            raise ReplayStateError(f"replay state {e.filename}: {e.strerror}") from None
+
+    def load(self) -> tuple[dict, str | None]:
+        """The newest complete save ({} if none), and what was wrong if a file that is not
+        empty could not be used while neither held a complete save."""
+        best, problem = None, None
+        for fd in self.fds:
+            try:
+                data = os.pread(fd, os.fstat(fd).st_size, 0)
+            except OSError as e:
+                problem = e.strerror
+                continue
+            got = decode(data)
+            if got is None:
+                problem = problem or ("no complete save" if data.strip() else None)
+            elif best is None or got[0] > best[0]:
+                best = got
+        if best is None:
+            return {}, problem
+        self.generation = best[0]
+        return best[1], None
+
+    def save(self, state: dict) -> None:
+        """Write `state` over the older of the two saves (OSError if that fails)."""
+        generation = self.generation + 1
+        data = encode(state, generation)
+        fd = self.fds[generation % 2]
+        done = 0
+        while done < len(data):
+            done += os.pwrite(fd, data[done:], done)
+        os.ftruncate(fd, len(data))
+        self.generation = generation
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
