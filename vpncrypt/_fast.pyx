@@ -774,7 +774,7 @@ DEF TX_BYTES = 131072     # a send batch flushes past this: bounds the buffer me
                           # (two 64-KB GSO messages a sendmmsg is plenty at these rates)
 DEF TX_CAP = TX_BYTES + SLOT + BATCH * 16   # + the message that crossed it, + alignment
 DEF RX_ROUNDS = 16        # receive batches between two polls while batches come full
-DEF YIELD_WRITES = 32     # TUN writes in one receive batch after which the core is offered
+DEF YIELD_WRITES = 32     # TUN writes without a pause after which the core is offered
 DEF RX_GRO_MSGS = 2       # receive slots per call when each may hold 64 KB of datagrams
 DEF RX_KEEP = 16384       # a receive slot past RX_GRO_MSGS keeps up to this much resident
 DEF GRO_QUIET = 64        # full receive batches without a coalesced message: GRO off
@@ -2021,11 +2021,11 @@ cdef class Engine:
             free(coal.buf)
             return
         while self.wait(self.sock_fd, POLLIN):
+            written = self.tun_writes   # others had the core while we waited
             # While full batches keep coming, read again without polling first: under
             # load (a flood) poll() per batch was a fifth of the loop's time. The stop
             # pipe is still looked at every RX_ROUNDS batches.
             for rounds in range(RX_ROUNDS):
-                written = self.tun_writes
                 for i in range(nmsg):
                     iovs[i].iov_base = inbufs + <size_t>i * SLOT
                     iovs[i].iov_len = SLOT
@@ -2094,14 +2094,15 @@ cdef class Engine:
                             self.gro_pauses += 1
                 if not full:
                     break
-                # More is waiting, but if this batch put many packets into the TUN, let
-                # a local reader of them (sharing this core) drain its socket first: the
-                # TUN write delivers into it synchronously, and left to run we fill its
-                # receive buffer faster than it empties (iperf3, 64-byte UDP: a fifth of
-                # the packets were dropped there). Not after batches that were mostly
-                # dropped or coalesced: a flood would only get the core handed over.
+                # More is waiting, but once we have put YIELD_WRITES packets into the TUN
+                # without a pause, let a local reader of them (sharing this core) drain
+                # its socket: the TUN write delivers into it synchronously, and left to
+                # run we fill its receive buffer faster than it empties (iperf3, 64-byte
+                # UDP: a fifth of the packets were dropped there). Counted in packets
+                # written, not read: a flood, dropped here, gets no core handed over.
                 if self.tun_writes - written >= YIELD_WRITES:
                     sched_yield()
+                    written = self.tun_writes
         munmap(inbufs, <size_t>BATCH * SLOT)
         free(out)
         free(coal.buf)
