@@ -38,9 +38,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TARGET_NAMES = ["open_server", "open_client", "siv_diff", "window_diff", "config", "key_file",
-                "packets"]
+                "packets", "replay_state"]
 MAX_LEN = {"open_server": 4096, "open_client": 4096, "siv_diff": 4096, "window_diff": 2048,
-           "config": 8192, "key_file": 8192, "packets": 2048}
+           "config": 8192, "key_file": 8192, "packets": 2048, "replay_state": 2048}
 # Python modules whose branches guide the fuzzer (imported under atheris' import hook).
 # The harness itself is not instrumented (its import would cost seconds); the config
 # targets add the standard-library parsers whose behaviour the validation builds on.

@@ -1350,6 +1350,43 @@ def packets(data: bytes) -> None:
             raise OracleFailure(f"reply to a packet of IP version {v}")
 
 
+@_target("replay_state")
+def replay_state(data: bytes) -> None:
+    """The daemon's replay state files (vpncrypt/daemon/replaystate.py): any bytes decode
+    to None or a well-formed state, and what is encoded decodes to itself; a change of
+    one byte of an encoded save is never taken for a different state."""
+    from vpncrypt.daemon.replaystate import decode, encode
+
+    r = Reader(data)
+    mode = r.u8() % 3
+    if mode == 0:
+        got = decode(r.rest())
+        if got is not None:
+            generation, state = got
+            if not (isinstance(generation, int) and generation >= 0):
+                raise OracleFailure(f"generation {generation!r}")
+            for key, newest in state.items():
+                if " " in key or "\n" in key or not 0 <= newest < 10 ** 20:
+                    raise OracleFailure(f"entry {key!r} {newest!r}")
+        return
+    state = {}
+    for _ in range(r.u8() % 16):
+        key = r.take(r.u8() % 12).decode("ascii", "replace")
+        key = "".join(c for c in key if c.isalnum()) or "0"
+        state[key] = r.u64()
+    generation = r.u32()
+    blob = encode(state, generation)
+    if decode(blob) != (generation, state):
+        raise OracleFailure(f"round trip of {state!r} gen {generation}: {decode(blob)!r}")
+    if mode == 2 and blob:
+        at, flip = r.u16() % len(blob), r.u8() or 1
+        changed = bytearray(blob)
+        changed[at] ^= flip
+        got = decode(bytes(changed))
+        if got is not None and got != (generation, state):
+            raise OracleFailure(f"byte {at} ^ {flip:#x} of a save decoded as {got!r}")
+
+
 # =========================================================================== seeds
 
 
@@ -1426,6 +1463,11 @@ def seeds(name: str):
         for sel in range(0x10, 0x40):
             out.append(bytes([sel, 1, 0x80, 1, 2, 3, 4]))
         out.append(b"\x00" + b"A" * 5000)
+    elif name == "replay_state":
+        out.append(b"\x00" + b"1 1764000000\n7 1764000005\nend 3 1234\n")
+        out.append(b"\x00end 1 0\n")
+        out.append(bytes([1, 3, 1, ord("1"), 0, 0, 0, 0, 0x69, 0x2a, 0, 0, 1, 2, 3, 4]))
+        out.append(bytes([2, 2, 1, ord("7"), 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 9, 0, 5, 0x10]))
     elif name == "packets":
         for p in (DATA4, DATA6, _ip4("1.2.3.4", "5.6.7.8", b"x" * 100), _ip6("::1", "::2")):
             out.append(b"\x01" + p)

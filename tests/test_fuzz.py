@@ -37,7 +37,7 @@ SECONDS = float(os.environ.get("VPNCRYPT_FUZZ_SECONDS", "6"))
 # Inputs each target must at least try in the CI run: above its seed corpus (so fuzzing
 # really happened) and well below what a loaded 2-core VM manages in 6 s.
 MIN_INPUTS = {"open_server": 800, "open_client": 800, "siv_diff": 3000, "window_diff": 2000,
-              "config": 400, "key_file": 1000, "packets": 5000}
+              "config": 400, "key_file": 1000, "packets": 5000, "replay_state": 5000}
 
 BASE = 1_764_000_000
 

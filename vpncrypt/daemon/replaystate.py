@@ -6,20 +6,27 @@ may lie where that user could write too: the state directory stays root's, and r
 both files before privileges are dropped; the daemon then writes through those
 descriptors. The two files (`<interface>.replay` and `<interface>.replay.1`) take turns:
 each save goes to the one holding the older generation and ends with a line
-`end <generation> <crc32>`, so a save cut short by `kill -9` leaves the other one whole.
+`end <generation> <crc32>` (of everything before it and the generation), so a save cut
+short by `kill -9` leaves the other one whole.
 """
 
 import binascii
 import os
+
+MAX_SIZE = 16 << 20  # far more than 5 000 senders need (~25 bytes each)
 
 
 class ReplayStateError(Exception):
     """A one-line reason why the state files cannot be used."""
 
 
+def _crc(body: bytes, generation: bytes) -> int:
+    return binascii.crc32(body + b"end " + generation)  # the generation is checked too
+
+
 def encode(state: dict, generation: int) -> bytes:
     body = "".join(f"{key} {newest}\n" for key, newest in sorted(state.items())).encode()
-    return body + f"end {generation} {binascii.crc32(body)}\n".encode()
+    return body + f"end {generation} {_crc(body, str(generation).encode())}\n".encode()
 
 
 def decode(data: bytes):
@@ -27,15 +34,16 @@ def decode(data: bytes):
     lines = data.split(b"\n")
     for i, line in enumerate(lines):
         fields = line.split()
-        if len(fields) != 3 or fields[0] != b"end" or not fields[1].isdigit():
+        if len(fields) != 3 or fields[0] != b"end" or not fields[1].isdigit() \
+                or len(fields[1]) > 20 or len(fields[2]) > 10:
             continue
         body = b"".join(part + b"\n" for part in lines[:i])
-        if fields[2].isdigit() and binascii.crc32(body) == int(fields[2]):
+        if fields[2].isdigit() and _crc(body, fields[1]) == int(fields[2]):
             state = {}
             for entry in lines[:i]:
-                key, _, newest = entry.decode(errors="replace").partition(" ")
-                if newest.isdigit():
-                    state[key] = int(newest)
+                key, _, newest = entry.partition(b" ")
+                if newest.isdigit() and len(newest) <= 20:   # ASCII digits, a 64-bit value
+                    state[key.decode(errors="replace")] = int(newest)
             return int(fields[1]), state
     return None
 
@@ -62,7 +70,7 @@ class ReplayStateFiles:
         best, problem = None, None
         for fd in self.fds:
             try:
-                data = os.pread(fd, os.fstat(fd).st_size, 0)
+                data = os.pread(fd, min(os.fstat(fd).st_size, MAX_SIZE), 0)
             except OSError as e:
                 problem = e.strerror
                 continue
