@@ -257,7 +257,18 @@ def test_state_directory_must_be_ours_alone(tmp_path):
     with pytest.raises(FatalError, match=r"mode 0770: it must be uid \d+'s, writable by it alone"):
         check_state_dir(str(state))
     if os.geteuid() == 0:
-        os.chmod(state, 0o700)
+        # What an older vpncryptd left: the directory and its files handed to `nobody`.
+        # Root takes them back (a symlink is changed itself, not what it points to).
+        (state / "vpn0.replay").write_text("1 1764000000\n")
+        (tmp_path / "elsewhere").write_text("")
+        os.symlink(tmp_path / "elsewhere", state / "vpn1.replay")
+        for path in (state / "vpn0.replay", tmp_path / "elsewhere"):
+            os.chown(path, 65534, 65534)
+        os.lchown(state / "vpn1.replay", 65534, 65534)
         os.chown(state, 65534, 65534)
-        with pytest.raises(FatalError, match=r"belongs to uid 65534 with mode 0700"):
-            check_state_dir(str(state))
+        os.chmod(state, 0o755)
+        check_state_dir(str(state))
+        assert (state.stat().st_uid, state.stat().st_mode & 0o777) == (0, 0o700)
+        assert (state / "vpn0.replay").stat().st_uid == 0
+        assert os.lstat(state / "vpn1.replay").st_uid == 0
+        assert (tmp_path / "elsewhere").stat().st_uid == 65534

@@ -196,7 +196,7 @@ def test_receiver_takes_wide_batches_when_the_path_does_not_coalesce(netns_facto
 
 @pytest.mark.netns
 @pytest.mark.parametrize("gso", [0, 16], ids=["datagrams", "udp-gso-sender"])
-def test_udp_streams_coalesced_and_segmented_arrive_intact(netns_factory, tmp_path, gso):
+def test_udp_streams_batched_and_segmented_arrive_intact(netns_factory, tmp_path, gso):
     """Equal-size UDP datagrams of one flow: sealed as GSO batches and written to the
     receiving TUN one by one (not as UDP super-packets: those reach a local socket in one
     burst, and overflowed receive buffers); with a sender that itself uses UDP GSO, the

@@ -83,16 +83,23 @@ def test_show_table_and_prometheus(netns_factory, tmp_path):
     assert "role: client 1, server 10.200.1.1:51900" in client_table
 
 
-def test_control_socket_is_private_and_removed_on_exit(netns_factory, tmp_path):
+NOT_RUNNING = "nobody listening (vpncryptd is not running; the socket is left from its last run)"
+
+
+def test_control_socket_is_private_and_unanswered_after_exit(netns_factory, tmp_path):
+    """The socket is root's and 0600. After the switch to `nobody` the daemon cannot remove
+    it from root's state directory: it stays, nobody answers, `show` says why, and the
+    next start takes it over."""
     vpn = Deployment(netns_factory, tmp_path).start()
     path = os.path.join(vpn.state_dir("server"), "vpn0.sock")
-    mode = os.stat(path).st_mode
-    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    st = os.stat(path)
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0
     assert vpn.server.stop() == 0
-    assert not os.path.exists(path)
     proc = vpncrypt("show", "vpn0", "--state-dir", vpn.state_dir("server"))
     assert proc.returncode == 1
-    assert proc.stderr.strip() == f"vpncrypt: {path}: no such control socket (is vpncryptd running?)"
+    assert proc.stderr.strip() == f"vpncrypt: {path}: {NOT_RUNNING}"
+    vpn.start_server()
+    assert json.loads(show(vpn.state_dir("server"), "--json"))[0]["role"] == "server"
 
 
 def test_stale_control_socket_after_kill_is_replaced(netns_factory, tmp_path):
@@ -113,7 +120,7 @@ def test_one_stale_socket_does_not_hide_the_running_daemons(netns_factory, tmp_p
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     dead.bind(stale)
     dead.close()  # the file stays, nobody listens: what kill -9 leaves behind
-    want = f"vpncrypt: {stale}: nobody listening (stale socket: vpncryptd is not running)"
+    want = f"vpncrypt: {stale}: {NOT_RUNNING}"
     for args in ((), ("--json",), ("--prometheus",)):
         proc = vpncrypt("show", "--state-dir", state, *args)
         assert proc.returncode == 0 and proc.stderr.strip() == want, (args, proc.stderr)
@@ -127,9 +134,11 @@ def test_one_stale_socket_does_not_hide_the_running_daemons(netns_factory, tmp_p
             assert "interface: vpn0" in proc.stdout
     # Asked by name, the stale one is an error; with only stale sockets, so is the list.
     assert vpncrypt("show", "vpn9", "--state-dir", state).returncode == 1
-    assert vpn.server.stop() == 0
+    assert vpn.server.stop() == 0  # its socket stays too, unanswered
     proc = vpncrypt("show", "--state-dir", state)
-    assert proc.returncode == 1 and proc.stderr.strip() == want
+    left = os.path.join(state, "vpn0.sock")
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"vpncrypt: {left}: {NOT_RUNNING}", want], proc.stderr
 
 
 def test_reload_through_the_control_socket(netns_factory, tmp_path):

@@ -1,7 +1,8 @@
 """The control socket: a Unix stream socket per interface, one JSON request and reply per line.
 
 Path: `{state_dir}/{interface}.sock` (default state_dir /run/vpncrypt), mode 0600, owned
-by the daemon's user. A client connects, sends one JSON object and a newline, reads one
+by the user that started the daemon (root); it stays after a stop, unanswered, until the
+next start replaces it. A client connects, sends one JSON object and a newline, reads one
 JSON object and a newline, and the daemon closes the connection. Requests:
 
     {"command": "show"}    -> the status document (docs/CONTROL.md describes its fields)
@@ -53,7 +54,8 @@ def request(path: str, message: dict, timeout: float = 5.0) -> dict:
     except FileNotFoundError:
         raise ControlError(f"{path}: no such control socket (is vpncryptd running?)") from None
     except ConnectionRefusedError:
-        raise ControlError(f"{path}: nobody listening (stale socket: vpncryptd is not running)") from None
+        raise ControlError(f"{path}: nobody listening (vpncryptd is not running; the socket "
+                           "is left from its last run)") from None
     except PermissionError:
         raise ControlError(f"{path}: permission denied (run as root)") from None
     except socket.timeout:

@@ -34,11 +34,25 @@ class FatalError(Exception):
 
 def check_state_dir(path: str) -> None:
     """The replay state and control socket must not be writable by anyone but us: not by
-    the unprivileged user we switch to either, which other services may share."""
+    the unprivileged user we switch to either, which other services may share. A
+    directory an older vpncryptd handed to that user is taken back (as root)."""
     st = os.stat(path)
-    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+    euid = os.geteuid()
+    if st.st_uid != euid and euid == 0:
+        try:
+            for name in os.listdir(path):
+                os.chown(os.path.join(path, name), 0, 0, follow_symlinks=False)
+            os.chown(path, 0, 0)
+            os.chmod(path, 0o700)
+        except OSError as e:
+            raise FatalError(f"state directory {path} belongs to uid {st.st_uid} and cannot "
+                             f"be taken back: {e.strerror} (chown it to root)") from None
+        log.warning("state directory %s belonged to uid %d (an older vpncryptd handed it "
+                    "over): taken back by root", path, st.st_uid)
+        st = os.stat(path)
+    if st.st_uid != euid or st.st_mode & 0o022:
         raise FatalError(f"state directory {path} belongs to uid {st.st_uid} with mode "
-                         f"{st.st_mode & 0o7777:04o}: it must be uid {os.geteuid()}'s, "
+                         f"{st.st_mode & 0o7777:04o}: it must be uid {euid}'s, "
                          "writable by it alone (chown it, or remove it to have it made)")
 
 
