@@ -20,31 +20,33 @@ class ReplayStateError(Exception):
     """A one-line reason why the state files cannot be used."""
 
 
-def _crc(body: bytes, generation: bytes) -> int:
-    return binascii.crc32(body + b"end " + generation)  # the generation is checked too
+def _crc(body_crc: int, generation: bytes) -> int:
+    """The `end` line's CRC, from the running CRC of the body: the generation is checked too."""
+    return binascii.crc32(b"end " + generation, body_crc)
 
 
 def encode(state: dict, generation: int) -> bytes:
     body = "".join(f"{key} {newest}\n" for key, newest in sorted(state.items())).encode()
-    return body + f"end {generation} {_crc(body, str(generation).encode())}\n".encode()
+    return body + f"end {generation} {_crc(binascii.crc32(body), str(generation).encode())}\n".encode()
 
 
 def decode(data: bytes):
-    """(generation, {key: newest}) of a complete save, or None (empty, torn or foreign)."""
-    lines = data.split(b"\n")
-    for i, line in enumerate(lines):
+    """(generation, {key: newest}) of a complete save, or None (empty, torn or foreign).
+    One pass with a running CRC, so a file of many `end` lines costs no more than its size."""
+    body_crc, pos = 0, 0
+    for line in data.split(b"\n"):
         fields = line.split()
-        if len(fields) != 3 or fields[0] != b"end" or not fields[1].isdigit() \
-                or len(fields[1]) > 20 or len(fields[2]) > 10:
-            continue
-        body = b"".join(part + b"\n" for part in lines[:i])
-        if fields[2].isdigit() and _crc(body, fields[1]) == int(fields[2]):
+        if len(fields) == 3 and fields[0] == b"end" and fields[1].isdigit() \
+                and len(fields[1]) <= 20 and len(fields[2]) <= 10 and fields[2].isdigit() \
+                and _crc(body_crc, fields[1]) == int(fields[2]):
             state = {}
-            for entry in lines[:i]:
+            for entry in data[:pos].split(b"\n")[:-1]:
                 key, _, newest = entry.partition(b" ")
                 if newest.isdigit() and len(newest) <= 20:   # ASCII digits, a 64-bit value
                     state[key.decode(errors="replace")] = int(newest)
             return int(fields[1]), state
+        body_crc = binascii.crc32(line + b"\n", body_crc)
+        pos += len(line) + 1
     return None
 
 
