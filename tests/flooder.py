@@ -2,7 +2,7 @@
 
     python flooder.py SPEC.json
 
-SPEC: {"target": ip, "port": n, "seconds": s, "max_packets": n, "seed": n,
+SPEC: {"target": ip, "port": n, "seconds": s, "max_packets": n, "seed": n, "rate": packets/s,
        "client_ids": [ids configured on the server], "unknown_ids": [ids that are not],
        "replays": [hex of genuine captured packets, never time requests], "weights": {...}}
 
@@ -147,13 +147,18 @@ def main(spec_path: str) -> None:
     fd = sock.fileno()
     deadline_packets = int(spec.get("max_packets", 10**9))
     seconds = float(spec["seconds"])
+    rate = float(spec.get("rate", 0))  # packets/s; 0: as fast as it goes
     errors = collections.Counter()
     sent = pos = 0
     started = time.monotonic()
     end = started + seconds
     while sent < deadline_packets:
-        if time.monotonic() >= end:
+        now = time.monotonic()
+        if now >= end:
             break
+        if rate and sent > (now - started) * rate:
+            time.sleep(min(BATCH / rate, end - now))
+            continue
         want = min(BATCH, deadline_packets - sent)
         n = libc.sendmmsg(fd, msgs_addr + pos * msg_size, want, 0)
         if n < 0:

@@ -49,13 +49,14 @@ class Flooder:
 
     def flood(self, tmp_path, target: str, port: int, seconds: float, max_packets: int,
               client_ids, unknown_ids=(999, 4242), replays=(), weights=None, seed: int = 7,
-              linger: float = 1.0, background: bool = False, prefix=()):
+              linger: float = 1.0, background: bool = False, prefix=(), rate: float = 0):
         """Run flooder.py here; its JSON report (or the Popen, with background=True).
+        `rate`: packets a second (0: as fast as it goes).
         `prefix` goes before the command (e.g. ["taskset", "-c", "1"])."""
         spec = {"target": target, "port": port, "seconds": seconds, "max_packets": max_packets,
                 "seed": seed, "client_ids": list(client_ids), "unknown_ids": list(unknown_ids),
                 "replays": [p.hex() for p in replays], "weights": weights or {},
-                "linger": linger}
+                "linger": linger, "rate": rate}
         spec_path = os.path.join(str(tmp_path), f"flood-{seed}.json")
         with open(spec_path, "w") as f:
             json.dump(spec, f)

@@ -5,7 +5,8 @@ A UDP socket on loopback with the filter attached, as the daemon attaches it, re
 datagrams of every type byte and of every short length: exactly the ones the role can
 receive arrive, and the kernel counts the others as the socket's drops (the "drops"
 column of /proc/net/udp6, where a dual-stack socket is listed). Loopback needs no root
-and no namespace; Linux only. The daemons' use of it under a flood is in
+and no namespace; Linux only. Pinned clients (a flood naming them) are tested the same
+way. The daemons' use of it under a flood is in
 tests/test_hostile.py::test_garbage_flood_legit_transfer_survives.
 
 The receive buffer tests need root (SO_RCVBUFFORCE needs CAP_NET_ADMIN): without it they
@@ -24,6 +25,7 @@ import flooder
 from netns import REPO_ROOT, python_env
 
 from vpncrypt.daemon import sockfilter
+from vpncrypt.daemon.pinning import MAX_PINS, MAX_SAMPLE
 from vpncrypt.protocol import wire
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux socket filter")
@@ -152,10 +154,8 @@ def test_program_is_well_formed():
     """Every jump lands inside the program, and it ends in the two returns."""
     for role in ("server", "client"):
         prog = sockfilter.program(role)
-        assert len(prog) < 4096  # BPF_MAXINSNS
-        for i, (code, jt, jf, _k) in enumerate(prog):
-            if code & 0x07 == 0x05:  # BPF_JMP
-                assert i + 1 + max(jt, jf) < len(prog)
+        assert len(prog) < sockfilter.MAX_INSNS
+        check_jumps(prog)
         assert prog[-2] == (0x06, 0, 0, 0) and prog[-1][0] == 0x06 and prog[-1][3] > 0
 
 
@@ -209,3 +209,87 @@ def test_receive_buffer_without_cap_net_admin_falls_back_and_warns():
                           env=python_env(), cwd=REPO_ROOT, check=True)
     assert int(proc.stdout) == 2 * rmem_max()
     assert "UDP receive buffer is" in proc.stderr and "net.core.rmem_max" in proc.stderr
+
+
+# --------------------------------------------------------------------------- pinned clients
+
+def send_counting(send: socket.socket, recv: socket.socket, packet: bytes, times: int) -> int:
+    """Send `packet` `times` times in bursts the receive buffer holds; how many arrived."""
+    port, dest, arrived = recv.getsockname()[1], send.getsockname()[0], 0
+    for start in range(0, times, 200):
+        for _ in range(min(200, times - start)):
+            send.sendto(packet, (dest, port))
+        # Loopback delivers within the send; the last burst gets a moment more.
+        while select.select([recv], [], [], 0.05 if start + 200 >= times else 0)[0]:
+            recv.recv(65535)
+            arrived += 1
+    return arrived
+
+
+def packet(ptype: int, cid: int) -> bytes:
+    return bytes([ptype]) + cid.to_bytes(2, "big") + bytes(wire.MIN_PACKET)
+
+
+@pytest.mark.parametrize("family,sender,host", [
+    (socket.AF_INET, socket.AF_INET, "127.0.0.1"),
+    (socket.AF_INET6, socket.AF_INET, "127.0.0.1"),  # endpoint ::ffff:127.0.0.1
+    (socket.AF_INET6, socket.AF_INET6, "::1"),
+], ids=["v4", "v4-to-dual-stack", "v6"])
+def test_pinned_client_passes_from_its_endpoint_only_and_a_sample_from_elsewhere(
+        family, sender, host, attach_via):
+    """Client 7 is pinned to socket `a`'s address and port; client 8 is pinned without an
+    endpoint; client 9 is not pinned. From `a`, everything of 7 and 9 arrives; from `b`
+    (same address, another port), 7's and 8's DATA and keepalives come through 1 in
+    SAMPLE (a binomial draw: 64 expected, the bounds are over 5 standard deviations
+    away), their time
+    requests all, and 9's all."""
+    if sender == socket.AF_INET6 and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    n = 64 * 64  # expect 64 through from elsewhere
+    with make_receiver(family, None) as recv, socket.socket(sender, socket.SOCK_DGRAM) as a, \
+            socket.socket(sender, socket.SOCK_DGRAM) as b:
+        recv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        a.bind((host, 0))
+        b.bind((host, 0))
+        endpoint = a.getsockname()
+        if family == socket.AF_INET6 and sender == socket.AF_INET:
+            endpoint = ("::ffff:" + endpoint[0], endpoint[1])
+        assert sockfilter.attach(recv, "server", {7: (endpoint, 64), 8: (None, 64)})
+        for ptype in (wire.Kind.DATA, wire.Kind.KEEPALIVE, wire.Kind.TIME_REQUEST):
+            assert send_counting(a, recv, packet(ptype, 7), 500) == 500
+            assert send_counting(a, recv, packet(ptype, 9), 500) == 500
+            assert send_counting(b, recv, packet(ptype, 9), 500) == 500
+            for cid, src in ((7, b), (8, a), (8, b)):
+                got = send_counting(src, recv, packet(ptype, cid), n)
+                if ptype == wire.Kind.TIME_REQUEST:
+                    assert got == n, (cid, got)
+                else:
+                    assert 20 <= got <= 140, (cid, ptype, got)
+        # The pre-screen still runs first: a short or wrong-type datagram from the
+        # endpoint is dropped.
+        assert send_counting(a, recv, packet(0x05, 7), 100) == 0
+        assert send_counting(a, recv, packet(wire.Kind.DATA, 7)[:wire.MIN_PACKET - 1], 100) == 0
+
+
+def test_largest_pinned_program_is_accepted_by_the_kernel():
+    pins = {cid: ((f"2001:db8::{cid:x}", 40000 + cid, 0, 0), MAX_SAMPLE)
+            for cid in range(1, MAX_PINS + 1)}
+    prog = sockfilter.program("server", pins)
+    assert len(prog) < sockfilter.MAX_INSNS
+    check_jumps(prog)
+    with make_receiver(socket.AF_INET6, None) as recv:
+        assert sockfilter.attach(recv, "server", pins)
+
+
+def check_jumps(prog) -> None:
+    for i, (code, jt, jf, _k) in enumerate(prog):
+        if code & 0x07 == 0x05:  # BPF_JMP
+            assert i + 1 + max(jt, jf) < len(prog)
+    assert prog[-1][0] == 0x06  # ends in a return
+
+
+def test_only_a_server_pins_and_samples_are_powers_of_two():
+    with pytest.raises(ValueError):
+        sockfilter.program("client", {1: (None, 2)})
+    with pytest.raises(ValueError):
+        sockfilter.program("server", {1: (None, 3)})

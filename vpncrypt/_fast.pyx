@@ -977,6 +977,8 @@ cdef struct Peer:
     double ctl_refilled
     double roam_tokens              # budget for opening DATA from other addresses (server)
     double roam_refilled
+    uint32_t foreign                # DATA and keepalives from other addresses (server), since
+                                    # the last foreign_counts(): daemon/pinning.py
 
 
 cdef inline double clock_now(int which) noexcept nogil:
@@ -1431,6 +1433,19 @@ cdef class Engine:
         """Forget the replay state of a peer (the client's clock moved back past it)."""
         memset(&self.peer(idx).window, 0, sizeof(Window))
 
+    def foreign_counts(self):
+        """{client id: DATA and keepalives from other addresses than its endpoint} since the
+        last call, for clients that had any (server; daemon/pinning.py)."""
+        cdef Peer *p
+        cdef int i
+        out = {}
+        for i in range(self.npeers):
+            p = self.peers[i]
+            if p != NULL and p.foreign:
+                out[p.id] = p.foreign
+                p.foreign = 0   # the loop may add one meanwhile: an estimate is all we need
+        return out
+
     def global_drops(self):
         return {r: self.drops[r] for r in range(N_REASONS) if self.drops[r]}
 
@@ -1845,6 +1860,11 @@ cdef class Engine:
         if p == NULL:
             self.drop(NULL, D_UNKNOWN_CLIENT, src, alen, pkt, 0, mono)
             return
+        # Not from the client's endpoint (or it has none: endpoint_len 0 never equals alen).
+        moved = self.server and (alen != p.endpoint_len
+                                 or memcmp(src, &p.endpoint, alen) != 0)
+        if moved and ptype != KIND_TIME_REQUEST:
+            p.foreign += 1
         if (ptype & 0x7F) != KIND_DATA:
             # Keepalives and time sync: the sans-IO core decides (budgeted). Per client,
             # so forgeries naming one client cannot starve the others; what is over
@@ -1863,9 +1883,6 @@ cdef class Engine:
         if reason != D_NONE:
             self.drop(p, reason, src, alen, pkt, n, mono)
             return
-        # Not from the client's endpoint (or it has none: endpoint_len 0 never equals alen).
-        moved = self.server and (alen != p.endpoint_len
-                                 or memcmp(src, &p.endpoint, alen) != 0)
         if moved and not self.take(&p.roam_tokens, &p.roam_refilled, ROAM_RATE, mono):
             # Opening is what a forgery costs us (a whole AES-SIV pass): from anywhere but
             # the client's current address (or while it has none) only ROAM_RATE a second

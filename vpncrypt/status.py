@@ -66,7 +66,8 @@ def render_table(doc: dict) -> str:
                  "drops"]]
         for c in doc["clients"]:
             rows.append([c["name"], str(c["id"]), ",".join(c["allowed_ips"]),
-                         c["endpoint"] or "-", _ago(c["last_rx_seconds"]),
+                         (c["endpoint"] or "-") + (" (pinned)" if c.get("pinned") else ""),
+                         _ago(c["last_rx_seconds"]),
                          f"{c['rx_packets']}/{_bytes(c['rx_bytes'])}",
                          f"{c['tx_packets']}/{_bytes(c['tx_bytes'])}", str(c["roams"]),
                          _drops(c["drops"])])
@@ -111,6 +112,7 @@ def render_prometheus(docs: list[dict], down=()) -> str:
                 labels = {**base, "client": c["name"], "id": c["id"]}
                 scopes.append((labels, c))
                 add("vpncrypt_client_roams_total", labels, c["roams"])
+                add("vpncrypt_client_pinned", labels, int(c.get("pinned", False)))
                 if c["last_rx_seconds"] is not None:
                     add("vpncrypt_client_last_rx_seconds", labels, c["last_rx_seconds"])
         else:
@@ -130,6 +132,8 @@ def render_prometheus(docs: list[dict], down=()) -> str:
         "vpncrypt_uptime_seconds": ("Seconds since the daemon started.", "gauge"),
         "vpncrypt_drops_total": ("Packets dropped, by reason.", "counter"),
         "vpncrypt_client_roams_total": ("Endpoint changes of a client.", "counter"),
+        "vpncrypt_client_pinned": ("1 while the socket filter pins the client to its "
+                                   "endpoint (under a flood naming it).", "gauge"),
         "vpncrypt_client_last_rx_seconds": ("Seconds since the last authenticated packet.", "gauge"),
         "vpncrypt_clock_offset_seconds": ("Correction applied to the local clock.", "gauge"),
     })

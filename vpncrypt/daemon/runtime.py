@@ -122,6 +122,7 @@ class Runtime:
         self.dump_requested = False
         self.tun = None
         self.sock = None
+        self.filtering = False  # the socket filter is attached (daemon/sockfilter.py)
         self.control = None
         self.native = None  # fastpath.NativePath when DATA packets take the native loop
         self._saved_replay = {}
@@ -164,7 +165,8 @@ class Runtime:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # dual stack
-        sockfilter.setup(sock, self.role, SOCKET_BUFFER)  # forced rcvbuf, kernel pre-screen
+        # forced rcvbuf, kernel pre-screen
+        self.filtering = sockfilter.setup(sock, self.role, SOCKET_BUFFER)
         try:
             sock.bind(bind)
         except OSError as e:

@@ -8,9 +8,12 @@ import time
 
 from ..protocol.session import Opened, Reply, ServerCore
 from ..protocol.wire import KEEPALIVE_BODY, MIN_PACKET, Drop, Kind
+
+PINNABLE = (Kind.DATA, Kind.KEEPALIVE)  # what a pin holds back (daemon/pinning.py)
 from .logs import kv, log
 from .routing import AllowedIPs
-from . import fastpath, ippacket
+from . import fastpath, ippacket, sockfilter
+from .pinning import Pins
 from .runtime import BATCH, Counters, Runtime, flatten, format_addr
 
 # DATA a second and client opened when it does not come from the client's endpoint
@@ -73,6 +76,8 @@ class Server(Runtime):
         super().__init__(config, crypto)
         self.core = ServerCore(config.server_id, self.context_class)
         self.peers = {}
+        self.pins = Pins(ROAM_RATE)
+        self.foreign = {}  # the Python loop's foreign datagrams per client, for self.pins
         self.apply_clients(config.clients)
 
     def apply_clients(self, entries) -> None:
@@ -149,12 +154,15 @@ class Server(Runtime):
         keepalives and time sync with the native loop)."""
         core, peers = self.core, self.peers
         now = time.time() if now is None else now
-        if len(data) >= MIN_PACKET and data[0] == Kind.DATA:  # DATA from a client
-            peer = peers.get(int.from_bytes(data[1:3], "big"))
-            if peer is not None and not peer.may_open(addr, now):
-                self.drop(peer.counters, Drop.RATE_LIMITED, now, addr, peer.name,
-                          "DATA from another address over the roaming budget")
-                return
+        if len(data) >= MIN_PACKET and data[0] in PINNABLE and self.native is None:
+            cid = int.from_bytes(data[1:3], "big")
+            peer = peers.get(cid)
+            if peer is not None and addr != peer.endpoint:
+                self.foreign[cid] = self.foreign.get(cid, 0) + 1
+                if data[0] == Kind.DATA and not peer.may_open(addr, now):
+                    self.drop(peer.counters, Drop.RATE_LIMITED, now, addr, peer.name,
+                              "DATA from another address over the roaming budget")
+                    return
         result = core.open(data, now)
         if type(result) is Opened:
             peer = peers[result.client_id]
@@ -212,6 +220,36 @@ class Server(Runtime):
             log.info(kv("endpoint", client=peer.name, id=peer.id,
                         old=format_addr(peer.endpoint), new=format_addr(addr)))
         peer.endpoint = addr
+        if peer.id in self.pins.pinned:
+            self.attach_pins()
+
+    # -- pins (daemon/pinning.py) -------------------------------------------------------------
+
+    def tick(self, monotonic_now: float) -> None:
+        if not self.filtering:
+            return
+        if self.native is not None:
+            foreign = self.native.engine.foreign_counts()
+        else:
+            foreign, self.foreign = self.foreign, {}
+        added, removed, changed = self.pins.update(foreign, monotonic_now)
+        for cid, rate in added:
+            peer = self.peers[cid]
+            log.warning(kv("pinned", client=peer.name, id=cid,
+                           endpoint=format_addr(peer.endpoint) if peer.endpoint else "none",
+                           foreign_per_s=round(rate), kept=f"1/{self.pins.pinned[cid][1]}"))
+        for cid, rate in removed:
+            peer = self.peers[cid]
+            log.info(kv("unpinned", client=peer.name, id=cid, foreign_per_s=round(rate)))
+        if changed:
+            self.attach_pins()
+
+    def attach_pins(self) -> None:
+        """The socket filter with the current pins and their clients' endpoints."""
+        pins = {cid: (self.peers[cid].endpoint, sample)
+                for cid, sample in self.pins.samples().items()}
+        if not sockfilter.attach(self.sock, self.role, pins):
+            self.filtering = False  # warned; the daemon checks every packet anyway
 
     # -- TUN -> UDP ---------------------------------------------------------------------------
 
@@ -251,6 +289,9 @@ class Server(Runtime):
         if self.native is not None:
             self.native.stop()  # the engine's tables change only while its loops stand still
         self.apply_clients(new.clients)
+        if self.pins.forget([cid for cid in self.pins.pinned if cid not in self.peers]) \
+                or self.pins.pinned:
+            self.attach_pins()  # removed clients unpinned; a new key starts without endpoint
         if self.native is not None:
             self.sync_native()
             self.native.start()
@@ -290,6 +331,7 @@ class Server(Runtime):
                 "endpoint": format_addr(p.endpoint) if p.endpoint else None,
                 "last_rx_seconds": self.last_rx_seconds(p),
                 "roams": p.roams,
+                "pinned": p.id in self.pins.pinned,
                 **self.peer_counters(p),
             })
         totals = doc["totals"]  # drops are counted globally; traffic per client: add it up

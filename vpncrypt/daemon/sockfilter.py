@@ -34,6 +34,16 @@ counts it: the socket's "drops" column in /proc/net/udp and /proc/net/udp6 (toge
 with receive-buffer overflows), and the namespace's Udp InErrors in /proc/net/snmp
 (InErrors less RcvbufErrors and InCsumErrors is what socket filters dropped).
 
+Pinned clients (server only; when, and the sample, are daemon/pinning.py's policy): a
+client that many datagrams name from addresses other than its endpoint (a forgery or
+replay flood) may be pinned to its endpoint. For a pinned client, DATA and keepalives
+(time requests never: a client with a wrong clock asks from wherever it is) from any
+other source address or port are kept with probability 1/sample (the kernel's random
+number; sample a power of two) and dropped otherwise, in the kernel; from the endpoint
+they all pass. A pinned client without an endpoint has every such datagram sampled.
+What is kept still meets the daemon's checks and its roaming budget. The program grows
+by at most 20 instructions per pin (IPv6).
+
 UDP GRO (a socket option the daemon may set so that the kernel hands it several
 datagrams of one flow coalesced into one buffer): the filter then runs once on the
 coalesced buffer, whose first bytes are the first datagram's header and whose length is
@@ -42,6 +52,7 @@ only let more through, never drop a good one; the daemon still checks every segm
 after splitting them. The filter stays correct with GRO.
 """
 
+import ipaddress
 import os
 import socket
 import struct
@@ -61,7 +72,13 @@ _LDB_ABS = 0x30  # BPF_LD | BPF_B | BPF_ABS: A = byte at offset k
 _JGE = 0x35  # BPF_JMP | BPF_JGE | BPF_K
 _JEQ = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
 _RET = 0x06  # BPF_RET | BPF_K: keep k bytes (0: drop)
+_LDH_ABS = 0x28  # BPF_LD | BPF_H | BPF_ABS: A = 16-bit big-endian value at offset k
+_LDW_ABS = 0x20  # BPF_LD | BPF_W | BPF_ABS: A = 32-bit big-endian value at offset k
+_AND = 0x54  # BPF_ALU | BPF_AND | BPF_K
 _KEEP_ALL = 0xFFFFFFFF
+_NET = -0x100000  # SKF_NET_OFF: offsets from the IP header
+_RANDOM = -0x1000 + 56  # SKF_AD_OFF + SKF_AD_RANDOM: A = a random 32-bit number
+MAX_INSNS = 4096  # BPF_MAXINSNS
 
 # A UDP socket's filter sees the datagram from its UDP header on (the kernel runs it
 # before it strips the header): offsets and lengths below count those 8 bytes.
@@ -77,9 +94,10 @@ def accepted_types(role: str) -> frozenset:
     raise ValueError(f"unknown role {role!r}")
 
 
-def program(role: str) -> list[tuple[int, int, int, int]]:
+def program(role: str, pins: dict | None = None) -> list[tuple[int, int, int, int]]:
     """The filter for `role`, as (code, jt, jf, k) instructions. With UDP GRO it sees a
-    coalesced buffer: the first datagram's type byte and the total length (see above)."""
+    coalesced buffer: the first datagram's type byte and the total length (see above).
+    `pins` (server): {client id: (endpoint (host, port, ...) or None, sample)}."""
     types = sorted(int(t) for t in accepted_types(role))
     n = len(types)
     insns = [
@@ -89,20 +107,70 @@ def program(role: str) -> list[tuple[int, int, int, int]]:
         (_LDB_ABS, 0, 0, UDP_HEADER),
     ]
     for i, t in enumerate(types):
-        # Equal: jump over the remaining tests and the drop, to "keep".
+        # Equal: jump over the remaining tests and the drop, to what follows.
         insns.append((_JEQ, n - i, 0, t))
-    insns += [(_RET, 0, 0, 0), (_RET, 0, 0, _KEEP_ALL)]
+    insns.append((_RET, 0, 0, 0))
+    if pins:
+        if role != "server":
+            raise ValueError("only a server pins clients")
+        insns += [(_JEQ, 0, 1, int(wire.Kind.TIME_REQUEST)), (_RET, 0, 0, _KEEP_ALL),
+                  (_LDH_ABS, 0, 0, UDP_HEADER + 1)]  # the client id
+        for cid, (endpoint, sample) in sorted(pins.items()):
+            block = _pin_block(endpoint, sample)
+            insns.append((_JEQ, 0, len(block), cid))
+            insns += block
+    insns.append((_RET, 0, 0, _KEEP_ALL))
     return insns
 
 
-def attach(sock: socket.socket, role: str) -> bool:
-    """Attach `role`'s filter to `sock`. True if attached; on a system without socket
+def _k(offset: int) -> int:
+    return offset & 0xFFFFFFFF  # negative offsets (the IP header, ancillary data) as u32
+
+
+def _pin_block(endpoint, one_in: int) -> list[tuple[int, int, int, int]]:
+    """A pinned client's datagram: kept if from `endpoint`, else 1 in `one_in`."""
+    if one_in < 1 or one_in & (one_in - 1):
+        raise ValueError(f"sample {one_in} is not a power of two")
+    sample = [(_LDW_ABS, 0, 0, _k(_RANDOM)), (_AND, 0, 0, one_in - 1),
+              (_JEQ, 0, 1, 0), (_RET, 0, 0, _KEEP_ALL), (_RET, 0, 0, 0)]
+    if endpoint is None:
+        return sample
+    addr = ipaddress.ip_address(endpoint[0].split("%")[0])
+    if addr.version == 6 and addr.ipv4_mapped:  # a dual-stack socket's IPv4 client
+        addr = addr.ipv4_mapped
+    if addr.version == 4:
+        words, version, first = [int(addr)], 0x40, 12   # source address at byte 12
+    else:
+        packed = addr.packed
+        words = [int.from_bytes(packed[i:i + 4], "big") for i in range(0, 16, 4)]
+        version, first = 0x60, 8
+    # Each test is (load, compare); a mismatch jumps to `sample`, past what is left.
+    tests = [((_LDB_ABS, 0, 0, _k(_NET)), (_AND, 0, 0, 0xF0), version)]
+    tests += [((_LDW_ABS, 0, 0, _k(_NET + first + 4 * i)), None, w) for i, w in enumerate(words)]
+    tests.append(((_LDH_ABS, 0, 0, 0), None, endpoint[1]))  # the UDP source port
+    body = []
+    for load, alu, value in tests:
+        body.append(load)
+        if alu:
+            body.append(alu)
+        body.append([_JEQ, 0, None, value])
+    body.append((_RET, 0, 0, _KEEP_ALL))
+    for i, insn in enumerate(body):
+        if isinstance(insn, list):
+            insn[2] = len(body) - i - 1  # to the first instruction of `sample`
+            body[i] = tuple(insn)
+    return body + sample
+
+
+def attach(sock: socket.socket, role: str, pins: dict | None = None) -> bool:
+    """Attach `role`'s filter to `sock` (replacing the one it has: the kernel swaps them
+    atomically), with `pins` (see program). True if attached; on a system without socket
     filters, False; if the kernel refuses it, a warning and False (the daemon checks
     every packet anyway, so it runs on without)."""
     if (not sys.platform.startswith("linux") or role not in ("server", "client")
             or os.environ.get("VPNCRYPT_SOCKFILTER") == "off"):
         return False
-    code = b"".join(_INSN.pack(*insn) for insn in program(role))
+    code = b"".join(_INSN.pack(*insn) for insn in program(role, pins))
     try:
         _setsockopt_filter(sock, code)
     except OSError as e:
@@ -149,9 +217,10 @@ def force_receive_buffer(sock: socket.socket, size: int) -> int:
     return got
 
 
-def setup(sock: socket.socket, role: str, receive_buffer: int) -> None:
-    """What make_socket does to every socket: force the receive buffer, attach the filter."""
+def setup(sock: socket.socket, role: str, receive_buffer: int) -> bool:
+    """What make_socket does to every socket: force the receive buffer, attach the filter.
+    True if the filter is attached."""
     if not sys.platform.startswith("linux"):
-        return
+        return False
     force_receive_buffer(sock, receive_buffer)
-    attach(sock, role)
+    return attach(sock, role)
