@@ -1082,10 +1082,14 @@ cdef inline void ip4_csum(uint8_t *p, int l3) noexcept nogil:
 
 cdef inline int finish_csum(uint8_t *pkt, Py_ssize_t n, const VnetHdr *vh) noexcept nogil:
     """Complete a partial checksum (the field holds the pseudo-header sum): 0 if out of range."""
+    cdef uint8_t *field = pkt + vh.csum_start + vh.csum_offset
     if <Py_ssize_t>vh.csum_start + vh.csum_offset + 2 > n:
         return 0
-    csum_store(pkt + vh.csum_start + vh.csum_offset,
-               csum_add(0, pkt + vh.csum_start, n - vh.csum_start))
+    csum_store(field, csum_add(0, pkt + vh.csum_start, n - vh.csum_start))
+    if vh.csum_offset == 6 and field[0] == 0 and field[1] == 0:
+        # UDP's checksum (6 bytes into its header; TCP's is at 16): 0 means "none", and
+        # IPv6 receivers drop it, so a sum of 0 goes out as 0xFFFF (the kernel's rule).
+        field[0] = field[1] = 0xFF
     return 1
 
 
