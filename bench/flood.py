@@ -27,7 +27,8 @@ with every run's ratio; then, for the run with the median ratio of each configur
 the flood's rate (packets/s sent, arrived on the server's veth, dropped by the kernel's
 socket filter, dropped by the kernel at the full socket buffer, read by the daemon),
 what the daemon counted as drops, by reason, and how many datagrams it read but did not
-count, its resident memory before and after (VmRSS) and its peak (VmHWM), its CPU time
+count, which clients the server pinned in its socket filter (daemon/pinning.py: the
+filter then keeps only a sample of the datagrams naming them from elsewhere), its resident memory before and after (VmRSS) and its peak (VmHWM), its CPU time
 during the flood, and what the server sent to the flooder (must be nothing; counted by
 a capture on the flooder's link and on the flooder's socket). The kernel's figures are
 the server namespace's Udp counters: RcvbufErrors, and InErrors less RcvbufErrors and
@@ -167,6 +168,9 @@ def run(loop: str, seconds: float, workdir: str, sockfilter: bool = True,
                     - int(before["peers"].get("c1", {}).get("rx_packets", 0)))
         got = delta(drops(after), drops(before))
         read = snmp.get("InDatagrams", 0) - legit_rx
+        # The server's pins (daemon/pinning.py): client and the share of its foreign
+        # datagrams the socket filter kept when pinned.
+        pins = re.findall(r"pinned client=(\S+) .* kept=(\S+)", vpn.server.text())
         return {
             "loop": loop, "sockfilter": sockfilter, "pin_flooder": pin_flooder,
             "daemon_env": daemon_env or {}, "seconds": report["seconds"],
@@ -181,6 +185,7 @@ def run(loop: str, seconds: float, workdir: str, sockfilter: bool = True,
             "drops": got, "uncounted": read - sum(got.values()),
             "rss_before_kb": rss0, "rss_after_kb": rss1, "hwm_kb": hwm,
             "daemon_cpu_s": round(cpu1 - cpu0, 2), "server_alive": alive,
+            "pins": [f"{name} {kept}" for name, kept in pins],
             "to_flooder_captured": to_flooder, "to_flooder_received": report["received"],
         }
     finally:
@@ -209,6 +214,7 @@ def markdown(results: list[dict]) -> str:
         ("dropped by the kernel, socket buffer full (packets/s)",
          lambda r: f"{r['kernel_rcvbuf_drops'] / r['seconds']:,.0f}"),
         ("read by the daemon (packets/s)", lambda r: f"{r['read_by_daemon'] / r['seconds']:,.0f}"),
+        ("clients pinned (kept from elsewhere)", lambda r: ", ".join(r.get("pins", [])) or "none"),
         *[(f"drops: {reason}", (lambda reason: lambda r: f"{r['drops'].get(reason, 0):,}")(reason))
           for reason in sorted({k for r in results for k in r["drops"]})],
         ("read but not counted", lambda r: f"{r['uncounted']:,}"),

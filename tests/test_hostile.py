@@ -33,7 +33,7 @@ from hostile import (FLOOD_SERVER, FRAGMENT_REASSEMBLY_TIMEOUT, ONE_WAY_SINK, ON
                      vmrss_kb)
 from netns import TESTS_DIR
 from vpnharness import (PORT, SERVER_TUN4, Daemon, Deployment, client_tun4, receiver_result,
-                        start_receiver, start_sender, transfer)
+                        show, start_receiver, start_sender, transfer)
 
 from vpncrypt.protocol.keys import generate_key
 
@@ -243,6 +243,13 @@ def test_pinned_client_roams_under_a_flood(netns_factory, tmp_path, loop):
                           client_ids=[1], weights=only_data, background=True,
                           rate={"native": 0, "python": 20_000}[loop])
     vpn.server.wait_log(r"pinned client=c1 id=1 endpoint=10\.200\.1\.2:\d+ ", timeout=5)
+    # The operator sees it: JSON, table, metrics.
+    [doc] = json.loads(show(vpn.state_dir("server"), "--json"))
+    assert [c["pinned"] for c in doc["clients"]] == [True]
+    row = next(ln for ln in show(vpn.state_dir("server")).splitlines() if ln.startswith("c1 "))
+    assert re.search(r" 10\.200\.1\.2:\d+ \(pinned\) ", row), row
+    assert re.search(r'^vpncrypt_client_pinned\{.*client="c1".*\} 1$',
+                     show(vpn.state_dir("server"), "--prometheus"), re.M)
     size = {"native": 160 * MB, "python": 48 * MB}[loop]
     recv = start_receiver(vpn.server_host)
     send = start_sender(client, SERVER_TUN4, size)

@@ -4,28 +4,14 @@ import json
 import os
 import socket
 import stat
-import subprocess
-import sys
 
 import pytest
 
-from netns import python_env
-from vpnharness import SERVER_TUN4, Deployment, client_tun4, transfer
+from vpnharness import SERVER_TUN4, Deployment, client_tun4, show, transfer, vpncrypt
 
 pytestmark = pytest.mark.netns
 
 MB = 1 << 20
-
-
-def vpncrypt(*args):
-    return subprocess.run([sys.executable, "-m", "vpncrypt.cli.vpncrypt", *args],
-                          capture_output=True, text=True, env=python_env(), timeout=60)
-
-
-def show(state_dir, *args):
-    proc = vpncrypt("show", "--state-dir", state_dir, *args)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 def test_show_json_counts_match_traffic(netns_factory, tmp_path):

@@ -208,6 +208,19 @@ class Deployment:
                 raise AssertionError(f"no ping reply from {target} within {timeout} s")
 
 
+def vpncrypt(*args):
+    """The `vpncrypt` command of this checkout, run here (not in a namespace)."""
+    return subprocess.run([sys.executable, "-m", "vpncrypt.cli.vpncrypt", *args],
+                          capture_output=True, text=True, env=python_env(), timeout=60)
+
+
+def show(state_dir, *args):
+    """`vpncrypt show` of the daemons whose control sockets are in `state_dir`."""
+    proc = vpncrypt("show", "--state-dir", state_dir, *args)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
 def start_receiver(host, port: int = 5201):
     proc = host.popen([sys.executable, os.path.join(TESTS_DIR, "tcpxfer.py"), "recv", str(port)],
                       stdout=subprocess.PIPE, text=True)

@@ -231,7 +231,9 @@ class Server(Runtime):
         if self.native is not None:
             foreign = self.native.engine.foreign_counts()
         else:
-            foreign, self.foreign = self.foreign, {}
+            # (a reload may have removed a client the Python loop counted)
+            foreign = {cid: n for cid, n in self.foreign.items() if cid in self.peers}
+            self.foreign = {}
         added, removed, changed = self.pins.update(foreign, monotonic_now)
         for cid, rate in added:
             peer = self.peers[cid]
