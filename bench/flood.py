@@ -322,8 +322,9 @@ def main() -> None:
     total = sum(kinds.values())
     print("\nFlood mix: " + ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(kinds.items()))
           + f"; of it the server's socket filter drops "
-          f"{sum(results[0]['prescreened'].values()) / total:.0%} (truncated, and random "
-          "bytes with a type byte a server never receives)")
+          f"{sum(results[0]['prescreened'].values()) / total:.0%} before any pin (truncated, "
+          "random bytes with a type byte a server never receives or an id it does not have, "
+          "unknown ids)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

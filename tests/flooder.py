@@ -3,7 +3,8 @@
     python flooder.py SPEC.json
 
 SPEC: {"target": ip, "port": n, "seconds": s, "max_packets": n, "seed": n, "rate": packets/s,
-       "client_ids": [ids configured on the server], "unknown_ids": [ids that are not],
+       "client_ids": [configured ids to forge], "unknown_ids": [ids that are not],
+       "server_ids": [every id configured on the server; default: client_ids],
        "replays": [hex of genuine captured packets, never time requests], "weights": {...}}
 
 It builds a pool of datagrams of these categories (weights in SPEC, defaults below):
@@ -22,7 +23,9 @@ until `seconds` pass or `max_packets` went out. Then it waits `linger` s and cou
 what came back to its socket (the server must never answer a forgery or a replay).
 Prints one JSON line: packets sent (total and by category), of those by category the
 ones the server's socket filter drops in the kernel ("prescreened": shorter than
-MIN_PACKET or a type byte not in SERVER_RECEIVES, see vpncrypt/daemon/sockfilter.py),
+MIN_PACKET, a type byte not in SERVER_RECEIVES or a client id not in server_ids, see
+vpncrypt/daemon/sockfilter.py; pins, which depend on the server's state, are not
+counted here),
 seconds, rate, errors and datagrams received.
 """
 
@@ -49,9 +52,11 @@ MIN_PACKET = 25
 SERVER_RECEIVES = frozenset({0x01, 0x02, 0x03})
 
 
-def prescreened(pkt: bytes) -> bool:
-    """Whether the server's kernel socket filter drops `pkt`."""
-    return len(pkt) < MIN_PACKET or pkt[0] not in SERVER_RECEIVES
+def prescreened(pkt: bytes, server_ids) -> bool:
+    """Whether the socket filter of a server with client ids `server_ids` drops `pkt`
+    (pins aside)."""
+    return (len(pkt) < MIN_PACKET or pkt[0] not in SERVER_RECEIVES
+            or int.from_bytes(pkt[1:3], "big") not in server_ids)
 
 
 class iovec(ctypes.Structure):
@@ -132,13 +137,14 @@ def main(spec_path: str) -> None:
     msgs_addr = ctypes.addressof(msgs)
 
     # Cumulative counts per category, to turn "n packets sent" into exact category counts.
+    server_ids = frozenset(spec.get("server_ids") or spec["client_ids"])
     kinds = sorted({k for k, _ in pool})
     prefix = {k: [0] * (POOL + 1) for k in kinds}
     screened = {k: [0] * (POOL + 1) for k in kinds}
     for i, (k, pkt) in enumerate(pool):
         for kk in kinds:
             prefix[kk][i + 1] = prefix[kk][i] + (kk == k)
-            screened[kk][i + 1] = screened[kk][i] + (kk == k and prescreened(pkt))
+            screened[kk][i + 1] = screened[kk][i] + (kk == k and prescreened(pkt, server_ids))
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)

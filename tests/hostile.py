@@ -49,14 +49,16 @@ class Flooder:
 
     def flood(self, tmp_path, target: str, port: int, seconds: float, max_packets: int,
               client_ids, unknown_ids=(999, 4242), replays=(), weights=None, seed: int = 7,
-              linger: float = 1.0, background: bool = False, prefix=(), rate: float = 0):
+              linger: float = 1.0, background: bool = False, prefix=(), rate: float = 0,
+              server_ids=None):
         """Run flooder.py here; its JSON report (or the Popen, with background=True).
-        `rate`: packets a second (0: as fast as it goes).
+        `rate`: packets a second (0: as fast as it goes). `server_ids`: every client id
+        the server has, when `client_ids` (the ones to forge) are not all of them.
         `prefix` goes before the command (e.g. ["taskset", "-c", "1"])."""
         spec = {"target": target, "port": port, "seconds": seconds, "max_packets": max_packets,
                 "seed": seed, "client_ids": list(client_ids), "unknown_ids": list(unknown_ids),
                 "replays": [p.hex() for p in replays], "weights": weights or {},
-                "linger": linger, "rate": rate}
+                "linger": linger, "rate": rate, "server_ids": list(server_ids or client_ids)}
         spec_path = os.path.join(str(tmp_path), f"flood-{seed}.json")
         with open(spec_path, "w") as f:
             json.dump(spec, f)

@@ -20,6 +20,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import flooder
 from netns import REPO_ROOT, python_env
@@ -159,14 +161,62 @@ def test_program_is_well_formed():
         assert prog[-2] == (0x06, 0, 0, 0) and prog[-1][0] == 0x06 and prog[-1][3] > 0
 
 
+SERVER_IDS = [1, 2, 3, 7, 9, 10, 100, 4242, 65535]
+
+
+@pytest.mark.parametrize("family,sender,dest", [
+    (socket.AF_INET, socket.AF_INET, "127.0.0.1"),
+    (socket.AF_INET6, socket.AF_INET6, "::1"),
+], ids=["v4", "v6"])
+def test_server_filter_drops_unknown_client_ids(family, sender, dest, attach_via):
+    """Given the configured ids, the server's filter also drops datagrams naming any
+    other id (every type a server receives); the configured ones all arrive."""
+    if sender == socket.AF_INET6 and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    probe = sorted(set(range(0, 130)) | {4241, 4242, 4243, 65534, 65535} | set(SERVER_IDS))
+    packets = [packet(t, cid) for cid in probe for t in sockfilter.accepted_types("server")]
+    want = [p for p in packets if int.from_bytes(p[1:3], "big") in SERVER_IDS]
+    with make_receiver(family, None) as recv, socket.socket(sender, socket.SOCK_DGRAM) as send:
+        assert sockfilter.attach(recv, "server", ids=SERVER_IDS)
+        for p in packets:
+            send.sendto(p, (dest, recv.getsockname()[1]))
+        assert sorted(receive_all(recv, len(want))) == sorted(want)
+        assert socket_drops(recv) == len(packets) - len(want)
+
+
+@given(st.sets(st.integers(0, 65535), min_size=1, max_size=400), st.integers(1, 70))
+def test_id_ranges_cover_every_id_within_the_limit(ids, limit):
+    ranges = sockfilter.id_ranges(ids, limit)
+    assert 1 <= len(ranges) <= limit
+    assert all(a <= b < c for (a, b), (c, _) in zip(ranges, ranges[1:]))  # sorted, apart
+    assert all(any(a <= cid <= b for a, b in ranges) for cid in ids)
+    assert all(a in ids and b in ids for a, b in ranges)  # no wider than it needs be
+    if len(ranges) < limit:  # nothing merged: exactly the ids
+        assert sum(b - a + 1 for a, b in ranges) == len(ids)
+
+
+def test_many_sparse_ids_fit_and_screen_a_superset():
+    """5 000 ids spread over the whole space: 64 ranges, every configured id inside."""
+    ids = set(range(3, 65536, 13))
+    prog = sockfilter.program("server", ids=ids)
+    assert len(prog) < 200 and len(sockfilter.id_ranges(ids)) == sockfilter.MAX_RANGES
+    check_jumps(prog)
+    with make_receiver(socket.AF_INET, None) as recv:
+        assert sockfilter.attach(recv, "server", ids=ids)
+
+
 def test_flooder_knows_what_the_server_filter_drops():
     """tests/flooder.py is standalone; its copy of the server's filter rule must agree."""
     assert flooder.MIN_PACKET == wire.MIN_PACKET
     assert flooder.SERVER_RECEIVES == sockfilter.accepted_types("server")
-    packets = datagrams("server")
+    packets = datagrams("server")  # client id 0, but for the 1400-byte random ones
     passed = wanted("server", packets)
     for p in packets:
-        assert flooder.prescreened(p) == (p not in passed)
+        ids = {int.from_bytes(p[1:3], "big")}
+        assert flooder.prescreened(p, ids) == (p not in passed)
+        assert flooder.prescreened(p, {-1}) is True
+    for cid in (0, 1, 9, 65535):
+        assert flooder.prescreened(packet(1, cid), SERVER_IDS) == (cid not in SERVER_IDS)
 
 
 def rmem_max() -> int:

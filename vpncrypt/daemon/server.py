@@ -108,6 +108,7 @@ class Server(Runtime):
         mtu = cfg.mtu or self.default_mtu(family, None)
         self.open_tun(mtu)
         self.sock = self.make_socket(family, (cfg.listen_host, cfg.listen_port))
+        self.attach_filter()  # now with the client ids
         self.open_control()
         if fastpath.wanted(self.crypto_path):
             self.native = fastpath.NativePath(self.tun, self.sock, True, cfg.server_id)
@@ -221,7 +222,7 @@ class Server(Runtime):
                         old=format_addr(peer.endpoint), new=format_addr(addr)))
         peer.endpoint = addr
         if peer.id in self.pins.pinned:
-            self.attach_pins()
+            self.attach_filter()
 
     # -- pins (daemon/pinning.py) -------------------------------------------------------------
 
@@ -244,13 +245,16 @@ class Server(Runtime):
             peer = self.peers[cid]
             log.info(kv("unpinned", client=peer.name, id=cid, foreign_per_s=round(rate)))
         if changed:
-            self.attach_pins()
+            self.attach_filter()
 
-    def attach_pins(self) -> None:
-        """The socket filter with the current pins and their clients' endpoints."""
+    def attach_filter(self) -> None:
+        """The socket filter for the configured client ids, with the current pins and
+        their clients' endpoints (replacing the one attached when the socket was made)."""
+        if not self.filtering:
+            return
         pins = {cid: (self.peers[cid].endpoint, sample)
                 for cid, sample in self.pins.samples().items()}
-        if not sockfilter.attach(self.sock, self.role, pins):
+        if not sockfilter.attach(self.sock, self.role, pins, self.peers.keys()):
             self.filtering = False  # warned; the daemon checks every packet anyway
 
     # -- TUN -> UDP ---------------------------------------------------------------------------
@@ -291,9 +295,10 @@ class Server(Runtime):
         if self.native is not None:
             self.native.stop()  # the engine's tables change only while its loops stand still
         self.apply_clients(new.clients)
-        if self.pins.forget([cid for cid in self.pins.pinned if cid not in self.peers]) \
-                or self.pins.pinned:
-            self.attach_pins()  # removed clients unpinned; a new key starts without endpoint
+        # The client ids may have changed; removed clients are unpinned, and a client with
+        # a new key starts without an endpoint.
+        self.pins.forget([cid for cid in self.pins.pinned if cid not in self.peers])
+        self.attach_filter()
         if self.native is not None:
             self.sync_native()
             self.native.start()

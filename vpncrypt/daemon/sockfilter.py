@@ -19,14 +19,18 @@ noise).
 The filter drops, in the kernel and before the datagram is queued on the socket (so it
 takes no room in the receive buffer and costs the daemon no system call):
 
-  - datagrams shorter than wire.MIN_PACKET (8-byte header + 16-byte tag + 1 byte), and
+  - datagrams shorter than wire.MIN_PACKET (8-byte header + 16-byte tag + 1 byte),
   - datagrams whose first byte, the packet type, is not one the receiving role accepts
-    (wire.CLIENT_TYPES at the server, wire.SERVER_TYPES at a client).
+    (wire.CLIENT_TYPES at the server, wire.SERVER_TYPES at a client), and
+  - at a server that gives its client ids, datagrams naming an id outside them: the ids
+    as at most MAX_RANGES ranges (with more, the nearest ranges are merged: a superset,
+    so a configured id is never dropped; an unconfigured one inside a merged gap is left
+    to the daemon).
 
 That is exactly what the daemon would have dropped as "malformed" (the too-short half of
-it) and "bad-type": everything else (known or unknown client id, timestamps, replays,
-tags, the upper length limit) is still decided by the daemon, which checks every packet
-as before. The filter is a pre-screen, never the only check.
+it), "bad-type" and "unknown-client": everything else (timestamps, replays, tags, the
+upper length limit) is still decided by the daemon, which checks every packet as before
+(pins, below, aside). The filter is a pre-screen, never the only check.
 
 Accounting: what the filter drops never reaches the daemon, so its drop counters
 (`vpncrypt show`, the SIGUSR1 dump, the drop log lines) do not include it. The kernel
@@ -71,6 +75,7 @@ _LD_LEN = 0x80  # BPF_LD | BPF_W | BPF_LEN: A = length of the packet
 _LDB_ABS = 0x30  # BPF_LD | BPF_B | BPF_ABS: A = byte at offset k
 _JGE = 0x35  # BPF_JMP | BPF_JGE | BPF_K
 _JEQ = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
+_JGT = 0x25  # BPF_JMP | BPF_JGT | BPF_K
 _RET = 0x06  # BPF_RET | BPF_K: keep k bytes (0: drop)
 _LDH_ABS = 0x28  # BPF_LD | BPF_H | BPF_ABS: A = 16-bit big-endian value at offset k
 _LDW_ABS = 0x20  # BPF_LD | BPF_W | BPF_ABS: A = 32-bit big-endian value at offset k
@@ -79,6 +84,7 @@ _KEEP_ALL = 0xFFFFFFFF
 _NET = -0x100000  # SKF_NET_OFF: offsets from the IP header
 _RANDOM = -0x1000 + 56  # SKF_AD_OFF + SKF_AD_RANDOM: A = a random 32-bit number
 MAX_INSNS = 4096  # BPF_MAXINSNS
+MAX_RANGES = 64  # client id ranges in the filter: 128 instructions
 
 # A UDP socket's filter sees the datagram from its UDP header on (the kernel runs it
 # before it strips the header): offsets and lengths below count those 8 bytes.
@@ -94,10 +100,33 @@ def accepted_types(role: str) -> frozenset:
     raise ValueError(f"unknown role {role!r}")
 
 
-def program(role: str, pins: dict | None = None) -> list[tuple[int, int, int, int]]:
+def id_ranges(ids, limit: int = MAX_RANGES) -> list[tuple[int, int]]:
+    """`ids` as at most `limit` sorted (first, last) ranges covering every one of them:
+    runs of consecutive ids, then the smallest gaps closed until few enough are left."""
+    runs: list[list[int]] = []
+    for cid in sorted(set(ids)):
+        if runs and cid == runs[-1][1] + 1:
+            runs[-1][1] = cid
+        else:
+            runs.append([cid, cid])
+    if len(runs) > limit:
+        gaps = sorted(range(len(runs) - 1), key=lambda i: runs[i + 1][0] - runs[i][1])
+        closed = set(gaps[:len(runs) - limit])
+        merged = [runs[0]]
+        for i in range(len(runs) - 1):
+            if i in closed:
+                merged[-1] = [merged[-1][0], runs[i + 1][1]]
+            else:
+                merged.append(runs[i + 1])
+        runs = merged
+    return [(first, last) for first, last in runs]
+
+
+def program(role: str, pins: dict | None = None, ids=None) -> list[tuple[int, int, int, int]]:
     """The filter for `role`, as (code, jt, jf, k) instructions. With UDP GRO it sees a
     coalesced buffer: the first datagram's type byte and the total length (see above).
-    `pins` (server): {client id: (endpoint (host, port, ...) or None, sample)}."""
+    `pins` (server): {client id: (endpoint (host, port, ...) or None, sample)}; `ids`
+    (server): the configured client ids (None: not screened)."""
     types = sorted(int(t) for t in accepted_types(role))
     n = len(types)
     insns = [
@@ -110,10 +139,22 @@ def program(role: str, pins: dict | None = None) -> list[tuple[int, int, int, in
         # Equal: jump over the remaining tests and the drop, to what follows.
         insns.append((_JEQ, n - i, 0, t))
     insns.append((_RET, 0, 0, 0))
+    if (pins or ids is not None) and role != "server":
+        raise ValueError("only a server screens client ids and pins clients")
+    if ids is not None:
+        ranges = id_ranges(ids)
+        insns.append((_LDH_ABS, 0, 0, UDP_HEADER + 1))  # the client id
+        for i, (first, last) in enumerate(ranges):
+            # From the pair's first test, the drop below is `far` ahead; from its second,
+            # the instruction past the drop is. Below this range (and above the one
+            # before): a gap, drop. Above it: the next pair (or, after the last, the
+            # drop). Inside: on, past the drop.
+            far = 2 * (len(ranges) - i) - 1
+            insns += [(_JGE, 0, far, first), (_JGT, 0, far, last)]
+        insns.append((_RET, 0, 0, 0))
     if pins:
-        if role != "server":
-            raise ValueError("only a server pins clients")
-        insns += [(_JEQ, 0, 1, int(wire.Kind.TIME_REQUEST)), (_RET, 0, 0, _KEEP_ALL),
+        insns += [(_LDB_ABS, 0, 0, UDP_HEADER),  # the type byte again
+                  (_JEQ, 0, 1, int(wire.Kind.TIME_REQUEST)), (_RET, 0, 0, _KEEP_ALL),
                   (_LDH_ABS, 0, 0, UDP_HEADER + 1)]  # the client id
         for cid, (endpoint, sample) in sorted(pins.items()):
             block = _pin_block(endpoint, sample)
@@ -162,15 +203,15 @@ def _pin_block(endpoint, one_in: int) -> list[tuple[int, int, int, int]]:
     return body + sample
 
 
-def attach(sock: socket.socket, role: str, pins: dict | None = None) -> bool:
+def attach(sock: socket.socket, role: str, pins: dict | None = None, ids=None) -> bool:
     """Attach `role`'s filter to `sock` (replacing the one it has: the kernel swaps them
-    atomically), with `pins` (see program). True if attached; on a system without socket
+    atomically), with `pins` and `ids` (see program). True if attached; on a system without socket
     filters, False; if the kernel refuses it, a warning and False (the daemon checks
     every packet anyway, so it runs on without)."""
     if (not sys.platform.startswith("linux") or role not in ("server", "client")
             or os.environ.get("VPNCRYPT_SOCKFILTER") == "off"):
         return False
-    code = b"".join(_INSN.pack(*insn) for insn in program(role, pins))
+    code = b"".join(_INSN.pack(*insn) for insn in program(role, pins, ids))
     try:
         _setsockopt_filter(sock, code)
     except OSError as e:
