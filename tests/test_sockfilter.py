@@ -324,11 +324,12 @@ def test_pinned_client_passes_from_its_endpoint_only_and_a_sample_from_elsewhere
 def test_largest_pinned_program_is_accepted_by_the_kernel():
     pins = {cid: ((f"2001:db8::{cid:x}", 40000 + cid, 0, 0), MAX_SAMPLE)
             for cid in range(1, MAX_PINS + 1)}
-    prog = sockfilter.program("server", pins)
+    ids = set(range(3, 65536, 13))  # as many id ranges as there may be
+    prog = sockfilter.program("server", pins, ids)
     assert len(prog) < sockfilter.MAX_INSNS
     check_jumps(prog)
     with make_receiver(socket.AF_INET6, None) as recv:
-        assert sockfilter.attach(recv, "server", pins)
+        assert sockfilter.attach(recv, "server", pins, ids)
 
 
 def check_jumps(prog) -> None:

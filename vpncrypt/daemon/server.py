@@ -8,8 +8,6 @@ import time
 
 from ..protocol.session import Opened, Reply, ServerCore
 from ..protocol.wire import KEEPALIVE_BODY, MIN_PACKET, Drop, Kind
-
-PINNABLE = (Kind.DATA, Kind.KEEPALIVE)  # what a pin holds back (daemon/pinning.py)
 from .logs import kv, log
 from .routing import AllowedIPs
 from . import fastpath, ippacket, sockfilter
@@ -19,6 +17,7 @@ from .runtime import BATCH, Counters, Runtime, flatten, format_addr
 # DATA a second and client opened when it does not come from the client's endpoint
 # (the native loop's ROAM_RATE): see PeerState.may_open.
 ROAM_RATE = 1000.0
+PINNABLE = (Kind.DATA, Kind.KEEPALIVE)  # what a pin holds back (daemon/pinning.py)
 
 
 @contextlib.contextmanager

@@ -53,7 +53,9 @@ datagrams of one flow coalesced into one buffer): the filter then runs once on t
 coalesced buffer, whose first bytes are the first datagram's header and whose length is
 the sum of all. The type test is right for the first datagram and the length test can
 only let more through, never drop a good one; the daemon still checks every segment
-after splitting them. The filter stays correct with GRO.
+after splitting them. The id test and a pin judge the whole buffer by its first
+datagram's id and their common source: GRO only coalesces one sender's datagrams, and a
+client names no id but its own. The filter stays correct with GRO.
 """
 
 import ipaddress
