@@ -69,7 +69,7 @@ sys.path.insert(0, os.path.join(REPO, "tests"))
 sys.path.insert(0, REPO)
 
 from hostile import (FLOOD_SERVER, Flooder, capture_client_packets, delta, drops,  # noqa: E402
-                     flood_result, link_stats, udp_snmp, vmrss_kb)
+                     filter_drops, flood_result, link_stats, udp_snmp, vmrss_kb)
 from netns import Netns  # noqa: E402
 from vpnharness import PORT, SERVER_TUN4, Deployment, transfer  # noqa: E402
 
@@ -180,8 +180,7 @@ def run(loop: str, seconds: float, workdir: str, sockfilter: bool = True,
             "by_kind": report["by_kind"], "prescreened": report["prescreened"],
             "arrived_on_veth": link.get("rx_packets", 0),
             "read_by_daemon": read, "kernel_rcvbuf_drops": snmp.get("RcvbufErrors", 0),
-            "kernel_filter_drops": (snmp.get("InErrors", 0) - snmp.get("RcvbufErrors", 0)
-                                    - snmp.get("InCsumErrors", 0)),
+            "kernel_filter_drops": filter_drops(snmp),
             "drops": got, "uncounted": read - sum(got.values()),
             "rss_before_kb": rss0, "rss_after_kb": rss1, "hwm_kb": hwm,
             "daemon_cpu_s": round(cpu1 - cpu0, 2), "server_alive": alive,

@@ -140,6 +140,12 @@ def udp_snmp(host) -> dict:
     return {k: int(v) for k, v in zip(rows[0], rows[1])}
 
 
+def filter_drops(snmp: dict) -> int:
+    """What socket filters dropped, from (a delta of) udp_snmp: InErrors less the
+    receive-buffer overflows and checksum errors it also holds."""
+    return snmp.get("InErrors", 0) - snmp.get("RcvbufErrors", 0) - snmp.get("InCsumErrors", 0)
+
+
 def link_stats(host, ifname: str) -> dict:
     [info] = host.ip_json("-s", "link", "show", "dev", ifname)
     return {"rx_packets": info["stats64"]["rx"]["packets"],

@@ -232,6 +232,46 @@ def test_freebsd_frames_through_two_native_engines():
             tuns["s"][1].recv(65536)
 
 
+def test_foreign_counts_are_the_pinned_kinds_from_elsewhere():
+    """The native loop's count of foreign datagrams (what daemon/pinning.py pins on) is
+    exactly the Python loop's rule, pinning.PINNED_KINDS naming a client from an address
+    other than its endpoint: DATA and keepalives, never time requests, never from the
+    endpoint; and a call takes the counts (the next starts from 0)."""
+    import socket
+    import struct
+    import time
+
+    from vpncrypt.daemon.pinning import PINNED_KINDS
+    from vpncrypt.protocol.session import ServerCore
+    from vpncrypt.protocol.wire import CLIENT_TYPES
+
+    net = LoopbackEngines()
+    core = ServerCore(7, net.fast.SivContext)
+    core.set_client(1, bytes(range(32)))
+    engine = net.add("server", True, rcvbuf=8 << 20)
+    at_endpoint, elsewhere = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in "ab")
+    for s in (at_endpoint, elsewhere):
+        s.bind(("127.0.0.1", 0))
+    peer = core.peer(1)
+    index = engine.add_peer(1, peer.sender.ctx, peer.receiver.ctx, 1000)
+    engine.set_endpoint(index, "127.0.0.1", at_endpoint.getsockname()[1])
+    each = 20
+    with net, at_endpoint, elsewhere:
+        for ptype in sorted(CLIENT_TYPES):
+            packet = struct.pack(">BHBI", ptype, 1, 0, 1) + bytes(40)
+            for sock in (at_endpoint, elsewhere):
+                for _ in range(each):
+                    sock.sendto(packet, ("127.0.0.1", net.port("server")))
+        want, got, deadline = each * len(PINNED_KINDS), 0, time.monotonic() + 5
+        while time.monotonic() < deadline and got < want:
+            got += engine.foreign_counts().get(1, 0)
+            time.sleep(0.05)
+        time.sleep(0.3)  # nothing more comes
+        got += engine.foreign_counts().get(1, 0)
+    assert got == want
+    assert engine.foreign_counts() == {}
+
+
 def test_forgeries_from_elsewhere_are_opened_at_the_roaming_rate():
     """A server engine opens DATA naming a client from an address other than that
     client's endpoint at most ROAM_RATE (1000) a second; the rest is dropped as

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from netns import python_env
-from vpnharness import SERVER_TUN4, SERVER_TUN6, Deployment, client_tun4, client_tun6, transfer
+from vpnharness import (SERVER_TUN4, SERVER_TUN6, Deployment, client_tun4, client_tun6, show,
+                        transfer)
 
 MB = 1 << 20
 
@@ -76,12 +76,9 @@ def test_segment_checksums_match_a_reference(version):
             packet, version, l3)
 
 
-def show(vpn, name: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "vpncrypt.cli.vpncrypt", "show", "--json",
-                           "--state-dir", vpn.state_dir(name)],
-                          capture_output=True, text=True, env=python_env(), timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)[0]
+def status(vpn, name: str) -> dict:
+    """The status document of daemon `name` (vpncrypt show --json)."""
+    return json.loads(show(vpn.state_dir(name), "--json"))[0]
 
 
 def assert_same(sent: dict, received: dict, size: int) -> None:
@@ -102,7 +99,7 @@ def test_transfers_both_ways_with_and_without_offloads(netns_factory, tmp_path, 
         sent, received = transfer(src, dst, target, 24 * MB, seed=seed + 1)
         assert_same(sent, received, 24 * MB)
     for name in ("server", "client1"):
-        doc = show(vpn, name)
+        doc = status(vpn, name)
         off = doc["offloads"]
         assert doc["loop"] == "native"
         if offload:
@@ -178,10 +175,10 @@ def test_receiver_takes_wide_batches_when_the_path_does_not_coalesce(netns_facto
     client = vpn.client_host()
     vpn.wait_ping(client, SERVER_TUN4)
     vpn.segment_on_the_wire(1)
-    was = show(vpn, "server")["offloads"]
+    was = status(vpn, "server")["offloads"]
     sent, received = transfer(client, vpn.server_host, SERVER_TUN4, 48 * MB, seed=5)
     assert_same(sent, received, 48 * MB)
-    paused = show(vpn, "server")["offloads"]
+    paused = status(vpn, "server")["offloads"]
     assert "udp-gro" in paused["in_use"], paused
     assert paused["gro_pauses"] > was["gro_pauses"], (was, paused)
     for host, name in ((vpn.server_host, vpn.links[0][0]), (client, vpn.links[0][1])):
@@ -189,9 +186,9 @@ def test_receiver_takes_wide_batches_when_the_path_does_not_coalesce(netns_facto
     time.sleep(1.5)  # past the second after which GRO is tried again
     sent, received = transfer(client, vpn.server_host, SERVER_TUN4, 48 * MB, seed=6)
     assert_same(sent, received, 48 * MB)
-    again = show(vpn, "server")["offloads"]
+    again = status(vpn, "server")["offloads"]
     assert again["gro_messages"] - paused["gro_messages"] > 100, (paused, again)
-    assert set(show(vpn, "server")["totals"]["drops"]) <= {"unsynced"}
+    assert set(status(vpn, "server")["totals"]["drops"]) <= {"unsynced"}
 
 
 @pytest.mark.netns
@@ -205,7 +202,7 @@ def test_udp_streams_batched_and_segmented_arrive_intact(netns_factory, tmp_path
     vpn = Deployment(netns_factory, tmp_path).start()
     client = vpn.client_host()
     vpn.wait_ping(client, SERVER_TUN4)
-    before = {name: show(vpn, name)["offloads"] for name in ("server", "client1")}
+    before = {name: status(vpn, name)["offloads"] for name in ("server", "client1")}
     count, size = 6000, 1000
     for src, dst, target in [(client, vpn.server_host, SERVER_TUN4),
                              (vpn.server_host, client, client_tun4(1)),
@@ -219,7 +216,7 @@ def test_udp_streams_batched_and_segmented_arrive_intact(netns_factory, tmp_path
         distinct, total, bad = map(int, sink.stdout.readline().split())
         sink.wait(10)
         if (distinct, total, bad) != (count, count, 0):  # where was it lost?
-            where = {name: (show(vpn, name)["totals"], show(vpn, name)["offloads"])
+            where = {name: (status(vpn, name)["totals"], status(vpn, name)["offloads"])
                      for name in ("server", "client1")}
             where["kernel"] = {h: host.run(["nstat", "-az", "UdpRcvbufErrors", "UdpInErrors",
                                             "Udp6RcvbufErrors", "Udp6InErrors"]).stdout
@@ -228,7 +225,7 @@ def test_udp_streams_batched_and_segmented_arrive_intact(netns_factory, tmp_path
                             for h, host in (("src", src), ("dst", dst))}
             pytest.fail(f"{target}: {distinct} distinct, {total} in all, {bad} bad of {count}; "
                         f"{where}")
-    after = {name: show(vpn, name)["offloads"] for name in ("server", "client1")}
+    after = {name: status(vpn, name)["offloads"] for name in ("server", "client1")}
     for name in ("server", "client1"):
         off, was = after[name], before[name]
         assert "uso4" in off["in_use"] and "uso6" in off["in_use"], off
@@ -294,7 +291,7 @@ def test_udp_datagram_whose_checksum_is_zero_arrives(netns_factory, tmp_path):
     vpn = Deployment(netns_factory, tmp_path).start()
     client = vpn.client_host()
     vpn.wait_ping(client, SERVER_TUN4)
-    assert "csum" in show(vpn, "client1")["offloads"]["in_use"]
+    assert "csum" in status(vpn, "client1")["offloads"]["in_use"]
     for src_host, dst_host, src, dst in [(client, vpn.server_host, client_tun6(1), SERVER_TUN6),
                                          (vpn.server_host, client, SERVER_TUN6, client_tun6(1))]:
         body = zero_checksum_payload(src, dst, 40123, 9997)

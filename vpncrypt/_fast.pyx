@@ -1075,6 +1075,13 @@ cdef inline uint64_t pseudo_sum(const uint8_t *p, int version, Py_ssize_t l4_len
     return csum_add(0, pseudo, 40)
 
 
+cdef inline void udp_nonzero(uint8_t *field) noexcept nogil:
+    """UDP's checksum 0 means "none" (and IPv6 receivers drop it): a sum of 0 goes out as
+    0xFFFF, the kernel's rule."""
+    if field[0] == 0 and field[1] == 0:
+        field[0] = field[1] = 0xFF
+
+
 cdef inline void ip4_csum(uint8_t *p, int l3) noexcept nogil:
     p[10] = p[11] = 0
     csum_store(p + 10, csum_add(0, p, l3))
@@ -1086,10 +1093,8 @@ cdef inline int finish_csum(uint8_t *pkt, Py_ssize_t n, const VnetHdr *vh) noexc
     if <Py_ssize_t>vh.csum_start + vh.csum_offset + 2 > n:
         return 0
     csum_store(field, csum_add(0, pkt + vh.csum_start, n - vh.csum_start))
-    if vh.csum_offset == 6 and field[0] == 0 and field[1] == 0:
-        # UDP's checksum (6 bytes into its header; TCP's is at 16): 0 means "none", and
-        # IPv6 receivers drop it, so a sum of 0 goes out as 0xFFFF (the kernel's rule).
-        field[0] = field[1] = 0xFF
+    if vh.csum_offset == 6:   # UDP's checksum, 6 bytes into its header (TCP's is at 16)
+        udp_nonzero(field)
     return 1
 
 
@@ -1105,8 +1110,7 @@ cdef inline void udp_csum(uint8_t *seg, int version, int l3, Py_ssize_t n) noexc
     cdef uint8_t *udp = seg + l3
     udp[6] = udp[7] = 0
     csum_store(udp + 6, csum_add(pseudo_sum(seg, version, n - l3, 17), udp, n - l3))
-    if udp[6] == 0 and udp[7] == 0:
-        udp[6] = udp[7] = 0xFF
+    udp_nonzero(udp + 6)
 
 
 cdef inline int coalescable(const uint8_t *p, Py_ssize_t n, int *l3, int *hl) noexcept nogil:
@@ -1867,7 +1871,7 @@ cdef class Engine:
         # Not from the client's endpoint (or it has none: endpoint_len 0 never equals alen).
         moved = self.server and (alen != p.endpoint_len
                                  or memcmp(src, &p.endpoint, alen) != 0)
-        if moved and ptype != KIND_TIME_REQUEST:
+        if moved and (ptype == KIND_DATA or ptype == KIND_KEEPALIVE):   # pinning.PINNED_KINDS
             p.foreign += 1
         if (ptype & 0x7F) != KIND_DATA:
             # Keepalives and time sync: the sans-IO core decides (budgeted). Per client,

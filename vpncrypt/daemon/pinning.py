@@ -22,6 +22,12 @@ what changed; the server re-attaches the filter then, and also when a pinned cli
 endpoint changes.
 """
 
+from ..protocol.wire import Kind
+
+# What a pin holds back, and what counts as foreign: DATA and keepalives. Never time
+# requests: a client with a wrong clock asks from wherever it is. The native loop's
+# count (_fast.pyx, on_datagram) is pinned to this by tests/test_engine.py.
+PINNED_KINDS = frozenset({Kind.DATA, Kind.KEEPALIVE})
 QUIET = 30.0  # seconds under the pin rate before a pin is lifted
 MAX_PINS = 128  # 128 IPv6 pins are ~2 600 of BPF's 4 096 instructions
 MAX_SAMPLE = 1024  # at most 1 in 1024 kept: a flood of 1 M/s naming one client

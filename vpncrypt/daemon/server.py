@@ -11,13 +11,12 @@ from ..protocol.wire import KEEPALIVE_BODY, MIN_PACKET, Drop, Kind
 from .logs import kv, log
 from .routing import AllowedIPs
 from . import fastpath, ippacket, sockfilter
-from .pinning import Pins
+from .pinning import PINNED_KINDS, Pins
 from .runtime import BATCH, Counters, Runtime, flatten, format_addr
 
 # DATA a second and client opened when it does not come from the client's endpoint
 # (the native loop's ROAM_RATE): see PeerState.may_open.
 ROAM_RATE = 1000.0
-PINNABLE = (Kind.DATA, Kind.KEEPALIVE)  # what a pin holds back (daemon/pinning.py)
 
 
 @contextlib.contextmanager
@@ -154,7 +153,7 @@ class Server(Runtime):
         keepalives and time sync with the native loop)."""
         core, peers = self.core, self.peers
         now = time.time() if now is None else now
-        if len(data) >= MIN_PACKET and data[0] in PINNABLE and self.native is None:
+        if len(data) >= MIN_PACKET and data[0] in PINNED_KINDS and self.native is None:
             cid = int.from_bytes(data[1:3], "big")
             peer = peers.get(cid)
             if peer is not None and addr != peer.endpoint:

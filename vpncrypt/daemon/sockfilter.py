@@ -67,6 +67,7 @@ import sys
 from ..protocol import wire
 from ..protocol.aead import native_module
 from .logs import log
+from .pinning import PINNED_KINDS
 
 SO_ATTACH_FILTER = 26  # <asm-generic/socket.h>; not in Python's socket module
 SO_RCVBUFFORCE = 33
@@ -155,8 +156,11 @@ def program(role: str, pins: dict | None = None, ids=None) -> list[tuple[int, in
             insns += [(_JGE, 0, far, first), (_JGT, 0, far, last)]
         insns.append((_RET, 0, 0, 0))
     if pins:
-        insns += [(_LDB_ABS, 0, 0, UDP_HEADER),  # the type byte again
-                  (_JEQ, 0, 1, int(wire.Kind.TIME_REQUEST)), (_RET, 0, 0, _KEEP_ALL),
+        kinds = sorted(int(k) for k in PINNED_KINDS)
+        insns.append((_LDB_ABS, 0, 0, UDP_HEADER))  # the type byte again
+        for i, t in enumerate(kinds):
+            insns.append((_JEQ, len(kinds) - i, 0, t))  # a pinned kind: past the keep
+        insns += [(_RET, 0, 0, _KEEP_ALL),  # (time requests)
                   (_LDH_ABS, 0, 0, UDP_HEADER + 1)]  # the client id
         for cid, (endpoint, sample) in sorted(pins.items()):
             block = _pin_block(endpoint, sample)
