@@ -21,21 +21,38 @@ def _have_openssl_headers():
     return any(os.path.exists(os.path.join(d, "openssl", "evp.h")) for d in dirs)
 
 
+# -O2 unless the packager says otherwise: OpenWrt builds for size (its CFLAGS carry -Os,
+# which a later -O2 here would override), so its Makefile sets VPNCRYPT_OPT=-Os.
+OPT = os.environ.get("VPNCRYPT_OPT", "-O2").split()
+
+
+def _sources():
+    """The .pyx through Cython; without Cython, the C it generated (in the sdist, or
+    copied in by scripts/cross-test.sh, whose Debian 12 chroots have only Cython 0.29)."""
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        if os.path.exists("vpncrypt/_fast.c"):
+            return None
+        sys.exit("vpncrypt: Cython >= 3.0 is needed to build the native core "
+                 "(pip install 'Cython>=3.0'), or set VPNCRYPT_NO_EXT=1")
+    return cythonize
+
+
 ext_modules = []
 if os.environ.get("VPNCRYPT_NO_EXT") != "1":
     if not _have_openssl_headers() and not os.environ.get("VPNCRYPT_SKIP_HEADER_CHECK"):
         sys.exit(OPENSSL_HINT)
-    from Cython.Build import cythonize
-
-    ext_modules = cythonize(
-        [
-            Extension(
-                "vpncrypt._fast",
-                ["vpncrypt/_fast.pyx"],
-                libraries=["crypto"],
-                extra_compile_args=["-O2", "-Werror=implicit-function-declaration"],
-            )
-        ],
+    cythonize = _sources()
+    source = "vpncrypt/_fast.pyx" if cythonize else "vpncrypt/_fast.c"
+    ext = Extension(
+        "vpncrypt._fast",
+        [source],
+        libraries=["crypto"],
+        extra_compile_args=OPT + ["-Werror=implicit-function-declaration"],
+    )
+    ext_modules = [ext] if cythonize is None else cythonize(
+        [ext],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
     )
 

@@ -21,7 +21,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q --upgrade pip 'setuptools>=77' >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
 # Editable installs build the extension in place; make sure, and fail loudly if it did not.
 if ! .venv/bin/python -c 'import vpncrypt._fast' 2>/dev/null; then
