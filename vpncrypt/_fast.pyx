@@ -249,8 +249,19 @@ cdef extern from *:
     #endif
         memcpy(p, &v, 8);
     }
+    /* A counter the packet loop adds to while Python takes it (GIL released on both
+     * sides): a plain read-then-zero loses the adds in between. 32-bit atomics exist on
+     * every target (MIPS ll/sc, ARMv7 ldrex/strex). */
+    static inline void vc_add32(uint32_t *p, uint32_t v) {
+        __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+    }
+    static inline uint32_t vc_take32(uint32_t *p) {
+        return __atomic_exchange_n(p, 0, __ATOMIC_RELAXED);
+    }
     """
     void vc_put_be64(uint8_t *p, uint64_t v) nogil
+    void vc_add32(uint32_t *p, uint32_t v) nogil
+    uint32_t vc_take32(uint32_t *p) nogil
 
 
 cdef inline uint32_t get32(const uint8_t *p) noexcept nogil:
@@ -1446,12 +1457,14 @@ cdef class Engine:
         last call, for clients that had any (server; daemon/pinning.py)."""
         cdef Peer *p
         cdef int i
+        cdef uint32_t n
         out = {}
         for i in range(self.npeers):
             p = self.peers[i]
             if p != NULL and p.foreign:
-                out[p.id] = p.foreign
-                p.foreign = 0   # the loop may add one meanwhile: an estimate is all we need
+                n = vc_take32(&p.foreign)   # atomically: the loop adds meanwhile
+                if n:
+                    out[p.id] = n
         return out
 
     def global_drops(self):
@@ -1872,7 +1885,7 @@ cdef class Engine:
         moved = self.server and (alen != p.endpoint_len
                                  or memcmp(src, &p.endpoint, alen) != 0)
         if moved and (ptype == KIND_DATA or ptype == KIND_KEEPALIVE):   # pinning.PINNED_KINDS
-            p.foreign += 1
+            vc_add32(&p.foreign, 1)
         if (ptype & 0x7F) != KIND_DATA:
             # Keepalives and time sync: the sans-IO core decides (budgeted). Per client,
             # so forgeries naming one client cannot starve the others; what is over
