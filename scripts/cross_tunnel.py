@@ -19,7 +19,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 from netns import Netns  # noqa: E402
-from vpnharness import SERVER_TUN4, SERVER_TUN6, Deployment, client_tun4, client_tun6, transfer  # noqa: E402
+from vpnharness import (  # noqa: E402
+    SERVER_TUN4, SERVER_TUN6, Daemon, Deployment, client_tun4, client_tun6, transfer)
 
 SIZE = 4 << 20  # bytes each way: enough for many full-size packets, quick under emulation
 
@@ -41,7 +42,12 @@ def main(chroot: str) -> int:
         emulated = ["chroot", chroot, "/usr/bin/env", "PYTHONPATH=/src",
                     "/opt/vpn/bin/python", "-m", "vpncrypt.cli.vpncryptd"]
         dep = Deployment(make_host, tmp, command=emulated)
-        server = dep.start_server()
+        # Not dep.start_server(): under emulation the start (pyroute2's import in the
+        # interface helper above all) can take far longer than the harness waits.
+        server = dep.server = Daemon(dep.server_host, dep.server_conf, dep.log("server"),
+                                     env=dep.env, command=emulated)
+        server.wait_log(r"server started", timeout=180)
+        dep.check_loop(server)
         dep.command = None  # the client: this checkout, native
         dep.start_client(1)
         print("emulated server:", *server.text().strip().splitlines()[:6], sep="\n  ")
