@@ -473,3 +473,41 @@ def test_underlay_mtu_refuses_a_non_address():
 
     with pytest.raises(TunError, match="'example.org' is not an IP address"):
         underlay_mtu("example.org")
+
+
+@pytest.mark.parametrize("machine, tunsetiff, tunsetoffload", [
+    ("x86_64", 0x400454CA, 0x400454D0),   # <asm-generic/ioctl.h>: write = 1, 14 size bits
+    ("armv7l", 0x400454CA, 0x400454D0),
+    ("aarch64", 0x400454CA, 0x400454D0),
+    ("s390x", 0x400454CA, 0x400454D0),
+    ("mips", 0x800454CA, 0x800454D0),     # arch/mips/include/uapi/asm/ioctl.h: write = 4
+    ("mips64", 0x800454CA, 0x800454D0),
+    ("ppc64le", 0x800454CA, 0x800454D0),  # arch/powerpc/include/uapi/asm/ioctl.h
+])
+def test_tun_ioctl_numbers_per_cpu(machine: str, tunsetiff: int, tunsetoffload: int) -> None:
+    """TUNSETIFF/TUNSETOFFLOAD as each architecture's kernel headers encode _IOW: the
+    generic number is an unknown ioctl on a MIPS router."""
+    from vpncrypt.tun import linux
+
+    assert linux._iow("T", 202, 4, machine) == tunsetiff
+    assert linux._iow("T", 208, 4, machine) == tunsetoffload
+
+
+def test_tun_ioctl_numbers_match_this_kernel_header() -> None:
+    """This machine's constants equal what its C compiler gets from <linux/if_tun.h>."""
+    import shutil
+    import tempfile
+
+    from vpncrypt.tun import linux
+
+    cc = shutil.which("gcc") or shutil.which("cc")
+    assert cc, "gcc is needed (scripts/setup.sh installs it)"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = f"{tmp}/n.c"
+        with open(src, "w") as f:
+            f.write('#include <stdio.h>\n#include <sys/ioctl.h>\n#include <linux/if_tun.h>\n'
+                    'int main(void){printf("%lu %lu\\n",(unsigned long)TUNSETIFF,'
+                    '(unsigned long)TUNSETOFFLOAD);return 0;}\n')
+        subprocess.run([cc, "-o", f"{tmp}/n", src], check=True)
+        out = subprocess.run([f"{tmp}/n"], capture_output=True, text=True, check=True).stdout
+    assert [int(v) for v in out.split()] == [linux.TUNSETIFF, linux.TUNSETOFFLOAD]

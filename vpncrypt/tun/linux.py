@@ -23,6 +23,7 @@ import fcntl
 import ipaddress
 import marshal
 import os
+import platform
 import select
 import signal
 import struct
@@ -41,15 +42,30 @@ __all__ = ["LinuxTun", "configure_interface", "open_tun", "underlay_mtu"]
 
 TUN_PATH = "/dev/net/tun"
 
+
+
+def _iow(kind: str, nr: int, size: int, machine: str | None = None) -> int:
+    """Linux's _IOW(kind, nr, size) for this CPU. MIPS, PowerPC, SPARC and Alpha put
+    the direction in 3 bits with "write" = 4 (<asm/ioctl.h> of those architectures);
+    the generic encoding (x86, ARM, s390) has 2 bits with write = 1. The generic number
+    on a MIPS router is an unknown ioctl (found by scripts/cross-test.sh mipsel)."""
+    machine = (machine or platform.machine()).lower()
+    if machine.startswith(("mips", "ppc", "powerpc", "sparc", "alpha")):
+        write, size_bits = 4, 13
+    else:
+        write, size_bits = 1, 14
+    return (write << (16 + size_bits)) | (size << 16) | (ord(kind) << 8) | nr
+
+
 # <linux/if_tun.h>: _IOW('T', 202, int), and the ifr_flags bits we use.
-TUNSETIFF = 0x400454CA
+TUNSETIFF = _iow("T", 202, 4)
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 # Offloads for the native loop: with IFF_VNET_HDR each packet on the fd has a 10-byte
 # struct virtio_net_hdr in front; TUNSETOFFLOAD (_IOW('T', 208, unsigned int)) then lets
 # the kernel hand over TCP super-packets (TSO) and packets whose checksum is left to us.
 IFF_VNET_HDR = 0x4000
-TUNSETOFFLOAD = 0x400454D0
+TUNSETOFFLOAD = _iow("T", 208, 4)
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6 = 0x01, 0x02, 0x04, 0x20, 0x40
 VNET_HDR_LEN = 10
 IFNAMSIZ = 16  # including the terminating NUL, hence 15 usable bytes
