@@ -337,7 +337,7 @@ def client(**override):
 TOO_OPEN = (
     "permissions 0644 are too open; the key file must not be accessible by group or others (chmod 600)"
 )
-SERVER_KEYS = "listen, interface, address, server_id, mtu, user, state_dir, offload"
+SERVER_KEYS = "listen, interface, address, server_id, mtu, user, state_dir, offload, configure_interface"
 PEER_KEYS = "id, key, key_file, allowed_ips"
 
 # (id, config text or bytes, {key file name: (content, mode) or "dir"}, expected message)

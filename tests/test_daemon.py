@@ -13,7 +13,7 @@ import time
 import pytest
 
 from hostile import delta, filter_drops, udp_snmp
-from netns import python_env
+from netns import REPO_ROOT, TESTS_DIR, python_env
 from vpnharness import (SERVER_TUN4, SERVER_TUN6, Deployment, client_tun4, client_tun6,
                         receiver_result, start_receiver, start_sender, transfer)
 
@@ -45,6 +45,26 @@ def test_ping_both_ways_ipv4_and_ipv6_inside(netns_factory, tmp_path, v6_underla
     underlay = r"\[fd00:200:1::2\]" if v6_underlay else r"10\.200\.1\.2"
     assert re.search(r"connected client=c1 id=1 endpoint=" + underlay, log), log
     assert "crypto native" in log or "crypto reference" in log
+
+
+def test_interface_set_up_by_a_network_manager(netns_factory, tmp_path):
+    """`configure_interface = no` (OpenWrt's netifd path): the daemons create their TUNs
+    and set the MTU; addresses and link state come from ip(8), and pyroute2 is never
+    needed (here it cannot even be imported, as on a router without it)."""
+    shim = tmp_path / "no-pyroute2"
+    (shim / "pyroute2").mkdir(parents=True)
+    (shim / "pyroute2" / "__init__.py").write_text("raise ImportError('not on this router')\n")
+    vpn = Deployment(netns_factory, tmp_path, configure=False)
+    vpn.env["PYTHONPATH"] = os.pathsep.join([str(shim), REPO_ROOT, TESTS_DIR])
+    vpn.start()
+    client = vpn.client_host()
+    vpn.wait_ping(client, SERVER_TUN4)
+    vpn.ping(client, SERVER_TUN6)
+    vpn.ping(vpn.server_host, client_tun4(1))
+    mtu = client.run(["cat", "/sys/class/net/vpn0/mtu"]).stdout.strip()
+    assert mtu == "1448", mtu  # the veth's 1500 minus the overhead, set by the daemon
+    sent, received = transfer(client, vpn.server_host, SERVER_TUN4, 4 * MB)
+    assert_same(sent, received, 4 * MB)
 
 
 @LOOPS

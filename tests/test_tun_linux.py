@@ -178,6 +178,31 @@ def inside_no_pyroute2() -> dict[str, Any]:
     return {"before": before, "after": after, "underlay_none": mtu}
 
 
+def inside_set_mtu_only() -> dict[str, Any]:
+    import vpncrypt.tun.linux as linux
+
+    tun = linux.open_tun(TUN)
+    linux.set_mtu(tun.name, 1360)
+    base = f"/sys/class/net/{tun.name}"
+    with open(f"{base}/mtu") as f, open(f"{base}/flags") as g:
+        mtu, flags = int(f.read()), int(g.read(), 16)
+    errors = {}
+    for bad in (40, 70000):
+        try:
+            linux.set_mtu(tun.name, bad)
+        except linux.TunError as exc:
+            errors[str(bad)] = str(exc)
+    try:
+        linux.set_mtu("nope0", 1400)
+    except linux.TunError as exc:
+        errors["missing"] = str(exc)
+    tun.close()
+    return {"mtu": mtu, "up": bool(flags & 1), "errors": errors,
+            "pyroute2": sorted(m for m in sys.modules if m.startswith("pyroute2")),
+            "addresses": subprocess.run(["ip", "-o", "addr", "show", "dev", tun.name],
+                                        capture_output=True, text=True).stdout}
+
+
 def inside_close_removes_interface() -> dict[str, Any]:
     import socket
 
@@ -330,6 +355,19 @@ def test_configure_does_not_import_pyroute2(netns_factory):
     assert out["before"] == []
     assert out["after"] == []
     assert out["underlay_none"] == MTU  # the TUN is the only up, non-loopback interface
+
+
+@pytest.mark.netns
+def test_set_mtu_alone_touches_nothing_else(netns_factory):
+    """configure_interface = no (netifd on OpenWrt): only the MTU, by ioctl, no helper."""
+    require_netns()
+    out = netns_factory().call(inside_set_mtu_only)
+    assert out["mtu"] == 1360
+    assert out["up"] is False and out["addresses"] == ""  # netifd's to do
+    assert out["pyroute2"] == []
+    assert out["errors"]["40"] == "configuring 'vpct0': MTU 40 is outside 68..65535"
+    assert out["errors"]["70000"] == "configuring 'vpct0': MTU 70000 is outside 68..65535"
+    assert out["errors"]["missing"] == "setting MTU 1400 on 'nope0': No such device"
 
 
 @pytest.mark.netns

@@ -93,8 +93,11 @@ class Daemon:
 class Deployment:
     def __init__(self, make_host, tmp_path, clients: int = 1, v6_underlay: bool = False,
                  keepalive: int = 5, server_id: int = 7, loop: str = "native",
-                 offload: bool = True, command=None):
+                 offload: bool = True, command=None, configure: bool = True):
         self.tmp = str(tmp_path)
+        # False: `configure_interface = no`, and the harness adds the addresses and sets
+        # the link up with ip(8) once the daemon has its TUN, as netifd does on OpenWrt.
+        self.configure = configure
         self.command = command  # argv of an installed vpncryptd, None: this checkout
         # Which packet loop the daemons run: the native engine or the Python fallback.
         self.env = {"VPNCRYPT_LOOP": loop}
@@ -144,7 +147,15 @@ class Deployment:
                 f"state_dir = {self.state_dir(f'client{i}')}\n{self.offload_line()}")
 
     def offload_line(self) -> str:
-        return "" if self.offload else "offload = no\n"
+        return ("" if self.offload else "offload = no\n") + (
+            "" if self.configure else "configure_interface = no\n")
+
+    def configure_externally(self, host, addresses) -> None:
+        """What netifd's `proto vpncrypt` does once the daemon has created vpn0."""
+        for address in addresses:
+            extra = ["nodad"] if ":" in address else []  # IPv6: usable at once
+            host.run(["ip", "addr", "add", address, "dev", "vpn0", *extra], check=True)
+        host.run(["ip", "link", "set", "vpn0", "up"], check=True)
 
     def state_dir(self, name: str) -> str:
         """Each daemon's own control-socket directory (the namespaces share one filesystem)."""
@@ -158,6 +169,8 @@ class Deployment:
                              command=self.command)
         self.server.wait_log(r"server started")
         self.check_loop(self.server)
+        if not self.configure:
+            self.configure_externally(self.server_host, [f"{SERVER_TUN4}/24", f"{SERVER_TUN6}/64"])
         return self.server
 
     def start_client(self, i: int = 1, prefix=(), env=None) -> Daemon:
@@ -165,6 +178,9 @@ class Deployment:
                    prefix, {**self.env, **(env or {})}, self.command)
         d.wait_log(r"client started")
         self.check_loop(d)
+        if not self.configure:
+            self.configure_externally(self.client_hosts[i - 1],
+                                      [f"{client_tun4(i)}/24", f"{client_tun6(i)}/64"])
         self.clients[i - 1] = d
         return d
 

@@ -59,11 +59,12 @@ MAX_KEY_FILE_SIZE = 4096
 
 SERVER_KEYS = (
     "listen", "interface", "address", "server_id", "mtu", "user", "state_dir", "offload",
+    "configure_interface",
 )
 PEER_KEYS = ("id", "key", "key_file", "allowed_ips")
 CLIENT_KEYS = (
     "id", "server", "server_id", "key", "key_file", "interface", "address",
-    "routes", "keepalive", "mtu", "user", "state_dir", "offload",
+    "routes", "keepalive", "mtu", "user", "state_dir", "offload", "configure_interface",
 )
 
 
@@ -208,11 +209,13 @@ class ServerConfig(_Record):
     """A server config. listen_host is an IP literal without brackets ('0.0.0.0', '::');
     addresses a tuple of ipaddress.IPv4Interface / IPv6Interface; mtu None means the path
     MTU minus the real overhead, decided by the daemon; clients a tuple of Peer in file
-    order; offload: segmentation/checksum offloads in the native loop (Linux)."""
+    order; offload: segmentation/checksum offloads in the native loop (Linux);
+    configure_interface False: the daemon sets only the TUN's MTU, and addresses, routes
+    and the link state are someone else's (netifd's `proto vpncrypt` on OpenWrt)."""
 
     _fields = ("path", "listen_host", "listen_port", "interface", "addresses", "server_id",
-               "mtu", "clients", "user", "state_dir", "offload")
-    _defaults = {"offload": True}
+               "mtu", "clients", "user", "state_dir", "offload", "configure_interface")
+    _defaults = {"offload": True, "configure_interface": True}
     role = "server"
 
 
@@ -222,8 +225,9 @@ class ClientConfig(_Record):
     ipaddress.IPv4Network / IPv6Network; keepalive in seconds, 0 = off."""
 
     _fields = ("path", "id", "server_host", "server_port", "server_id", "key", "interface",
-               "addresses", "routes", "keepalive", "mtu", "user", "state_dir", "offload")
-    _defaults = {"offload": True}
+               "addresses", "routes", "keepalive", "mtu", "user", "state_dir", "offload",
+               "configure_interface")
+    _defaults = {"offload": True, "configure_interface": True}
     role = "client"
 
 
@@ -795,6 +799,7 @@ def _build_server(ctx, header, values, peers) -> ServerConfig:
         user=user,
         state_dir=state_dir,
         offload=s.flag("offload", default=True),
+        configure_interface=s.flag("configure_interface", default=True),
     )
 
 
@@ -856,6 +861,7 @@ def _build_client(ctx, header, values) -> ClientConfig:
         user=user,
         state_dir=state_dir,
         offload=s.flag("offload", default=True),
+        configure_interface=s.flag("configure_interface", default=True),
     )
 
 

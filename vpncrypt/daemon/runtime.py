@@ -144,7 +144,10 @@ class Runtime:
         cfg = self.config
         try:
             self.tun = tun.open_tun(cfg.interface, cfg.offload and fastpath.wanted(self.crypto_path))
-            tun.configure_interface(self.tun.name, list(cfg.addresses), mtu, list(routes))
+            if cfg.configure_interface:
+                tun.configure_interface(self.tun.name, list(cfg.addresses), mtu, list(routes))
+            else:  # netifd (or ifupdown, or the operator) adds addresses and routes
+                tun.set_mtu(self.tun.name, mtu)
         except tun.TunError as e:
             raise FatalError(str(e)) from None
         self.mtu = mtu

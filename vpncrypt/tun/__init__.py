@@ -2,7 +2,8 @@
 
 This package owns everything the daemon needs from the operating system's network stack
 apart from its UDP socket: opening a layer-3 TUN device, giving it addresses, an MTU and
-routes, and finding the MTU of the path the encrypted datagrams will take.  The rest of
+routes (or only the MTU, where a network manager such as OpenWrt's netifd does the
+rest), and finding the MTU of the path the encrypted datagrams will take.  The rest of
 vpncrypt talks only to the functions and the `TunDevice` protocol defined here; each
 platform lives in its own backend module (`linux`, later `freebsd`), chosen at call time
 by `sys.platform`, so importing this package costs nothing on any platform.
@@ -23,6 +24,7 @@ __all__ = [
     "TunError",
     "configure_interface",
     "open_tun",
+    "set_mtu",
     "underlay_mtu",
 ]
 
@@ -100,6 +102,12 @@ def configure_interface(
 ) -> None:
     """Set `mtu`, add `addresses`, bring `name` up and route `routes` through it."""
     _backend().configure_interface(name, addresses, mtu, routes)
+
+
+def set_mtu(name: str, mtu: int) -> None:
+    """Set only the MTU of `name`: the set-up when addresses, routes and the link state
+    are someone else's (``configure_interface = no``, e.g. netifd's `proto vpncrypt`)."""
+    _backend().set_mtu(name, mtu)
 
 
 def underlay_mtu(dest: str | None) -> int:

@@ -52,6 +52,7 @@ __all__ = [
     "FreeBSDTun",
     "configure_interface",
     "open_tun",
+    "set_mtu",
     "run_command",
     "underlay_mtu",
 ]
@@ -427,6 +428,14 @@ def configure_interface(
             wanted.append(net)
     for net in wanted:
         _add_route(name, net)
+
+
+def set_mtu(name: str, mtu: int) -> None:
+    """Set only the MTU (``configure_interface = no``): ifconfig(8) `mtu`, as above."""
+    validate_name(name)
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= TUNMRU:
+        raise TunError(f"configuring {name!r}: MTU {mtu!r} is outside 68..{TUNMRU}")
+    _check([IFCONFIG, name, "mtu", str(mtu)], f"setting MTU {mtu} on {name!r}")
 
 
 def _route_target(net: IPNetwork) -> list[str]:

@@ -8,12 +8,12 @@ name already exists (``ip tuntap add dev vpn0 mode tun user vpncrypt``), open_tu
 attaches to it instead; that interface survives close(), and it is how an unprivileged
 daemon can be given a TUN (configuration itself still needs CAP_NET_ADMIN).
 
-Configuring addresses, MTU and routes, and asking the kernel which interface reaches an
-address, needs rtnetlink, which we do with pyroute2.  Importing pyroute2 costs about
-20 MB of resident memory that is never returned, while the daemon's whole steady-state
-budget is 16 MB.  So this module never imports it: it runs ``python -m
-vpncrypt.tun.netlink`` (see that module) as a short-lived child, sends it one JSON
-request on stdin and turns its one-line stderr report into a TunError.
+Configuring addresses, MTU and routes needs rtnetlink, which we do with pyroute2 (the
+MTU alone is an ioctl, and the underlay MTU a socket option: neither needs it).
+Importing pyroute2 costs about 20 MB of resident memory that is never returned, while
+the daemon's whole steady-state budget is 16 MB.  So this module never imports it: it
+runs ``python -m vpncrypt.tun.netlink`` (see that module) as a short-lived child, sends
+it one request on stdin and turns its one-line stderr report into a TunError.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import os
 import platform
 import select
 import signal
+import socket
 import struct
 import sys
 import time
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
-__all__ = ["LinuxTun", "configure_interface", "open_tun", "underlay_mtu"]
+__all__ = ["LinuxTun", "configure_interface", "open_tun", "set_mtu", "underlay_mtu"]
 
 TUN_PATH = "/dev/net/tun"
 
@@ -73,6 +74,16 @@ IFNAMSIZ = 16  # including the terminating NUL, hence 15 usable bytes
 # struct ifreq: char ifr_name[16]; then a 24-byte union whose first member we use as
 # `short ifr_flags`.  The kernel copies all 40 bytes, so the padding must be there.
 _IFREQ = struct.Struct("16sH22x")
+# The same with `int ifr_mtu` (SIOCSIFMTU, <linux/sockios.h>: the same number on every CPU).
+_IFREQ_INT = struct.Struct("16si20x")
+SIOCSIFMTU = 0x8922
+
+# <linux/in.h> IP_MTU, <linux/in6.h> IPV6_MTU (the socket module lacks them before 3.13
+# on some builds); <linux/if.h> flags as /sys/class/net/*/flags shows them.
+_IP_MTU, _IPV6_MTU = getattr(socket, "IP_MTU", 14), getattr(socket, "IPV6_MTU", 24)
+_IFF_UP, _IFF_LOOPBACK = 0x1, 0x8
+_SYS_NET = "/sys/class/net"
+DEFAULT_MTU = 1500
 
 # Largest IPv4/IPv6 packet a TUN can hand us (total-length/payload-length fields are
 # 16 bits; TUN never carries jumbograms).  Reading less would silently truncate.
@@ -239,11 +250,7 @@ def configure_interface(
         nets = [ipaddress.ip_network(r) for r in routes]
     except ValueError as exc:
         raise TunError(f"configuring {name!r}: {exc}") from exc
-    if isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 65535:
-        raise TunError(f"configuring {name!r}: MTU {mtu!r} is outside 68..65535")
-    if mtu < 1280 and any(x.version == 6 for x in (*addrs, *nets)):
-        # The kernel silently disables IPv6 on an interface below the IPv6 minimum MTU.
-        raise TunError(f"configuring {name!r}: MTU {mtu} is below 1280, the minimum for IPv6")
+    _check_mtu(name, mtu, (*addrs, *nets))
     _run_helper(
         {
             "op": "configure",
@@ -255,20 +262,74 @@ def configure_interface(
     )
 
 
+def set_mtu(name: str, mtu: int) -> None:
+    """Set the MTU of `name` with SIOCSIFMTU, a plain ioctl: what the daemon does itself
+    when addresses and routes are someone else's (``configure_interface = no``: netifd on
+    OpenWrt), so that path needs neither netlink nor pyroute2."""
+    raw = validate_name(name, allow_pattern=False)
+    _check_mtu(name, mtu, ())
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            fcntl.ioctl(sock, SIOCSIFMTU, _IFREQ_INT.pack(raw, mtu))
+    except OSError as exc:
+        raise TunError(f"setting MTU {mtu} on {name!r}: {exc.strerror}") from exc
+
+
+def _check_mtu(name: str, mtu: int, addrs_and_nets: Sequence) -> None:
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 65535:
+        raise TunError(f"configuring {name!r}: MTU {mtu!r} is outside 68..65535")
+    if mtu < 1280 and any(x.version == 6 for x in addrs_and_nets):
+        # The kernel silently disables IPv6 on an interface below the IPv6 minimum MTU.
+        raise TunError(f"configuring {name!r}: MTU {mtu} is below 1280, the minimum for IPv6")
+
+
 def underlay_mtu(dest: str | None) -> int:
-    """MTU of the interface (or route, if it carries a smaller MTU) used to reach `dest`.
+    """MTU of the path to `dest`: the kernel's own answer for a socket connected there
+    (IP_MTU/IPV6_MTU: the route's MTU if it has one or a learnt path MTU, else the
+    interface's), so no netlink and no helper are needed.
 
     With `dest` None, the largest MTU among interfaces that are up (administratively and
-    with carrier) and not loopback; 1500 if there is none.  A local address of this host
-    is reached through `lo`, whose MTU is then the answer.
+    operationally, as IFF_RUNNING means) and not loopback, read from /sys/class/net; 1500
+    if there is none.  A local address of this host is reached through `lo`, whose MTU is
+    then the answer.
     """
-    if dest is not None:
+    if dest is None:
+        return _largest_up_mtu()
+    try:
+        ip = ipaddress.ip_address(dest)
+    except ValueError:
+        raise TunError(f"underlay MTU: {dest!r} is not an IP address") from None
+    family, level, option = ((socket.AF_INET, socket.IPPROTO_IP, _IP_MTU) if ip.version == 4
+                             else (socket.AF_INET6, socket.IPPROTO_IPV6, _IPV6_MTU))
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((str(ip), 9))  # UDP connect: a route lookup, nothing is sent
+            return sock.getsockopt(level, option)
+    except OSError as exc:
+        raise TunError(f"no route to {ip}: {exc.strerror}") from None
+
+
+def _largest_up_mtu() -> int:
+    best = 0
+    try:
+        names = os.listdir(_SYS_NET)
+    except OSError:
+        names = []
+    for name in names:
         try:
-            dest = str(ipaddress.ip_address(dest))
-        except ValueError:
-            raise TunError(f"underlay MTU: {dest!r} is not an IP address") from None
-    reply = _run_helper({"op": "underlay_mtu", "dest": dest})
-    return int(reply["mtu"])
+            with open(f"{_SYS_NET}/{name}/flags") as f:
+                flags = int(f.read(), 16)
+            with open(f"{_SYS_NET}/{name}/operstate") as f:
+                oper = f.read().strip()
+            with open(f"{_SYS_NET}/{name}/mtu") as f:
+                mtu = int(f.read())
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or not an interface directory
+        # IFF_RUNNING is what rtnetlink reports for operstate up or unknown (RFC 2863).
+        if flags & _IFF_LOOPBACK or not flags & _IFF_UP or oper not in ("up", "unknown"):
+            continue
+        best = max(best, mtu)
+    return best or DEFAULT_MTU
 
 
 def _run_helper(request: dict[str, Any]) -> dict[str, Any]:
@@ -276,7 +337,7 @@ def _run_helper(request: dict[str, Any]) -> dict[str, Any]:
     marshal format, see there).
 
     os.posix_spawn and a poll loop rather than subprocess.run: subprocess (with locale)
-    costs 0.2-0.7 MB of resident memory for the daemon's whole life, for two helper runs
+    costs 0.2-0.7 MB of resident memory for the daemon's whole life, for one helper run
     at start-up."""
 
     if not sys.executable:

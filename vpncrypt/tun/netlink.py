@@ -1,15 +1,14 @@
 """Interface-configuration helper, run as ``python -m vpncrypt.tun.netlink`` by tun.linux.
 
-Why a separate process: the rtnetlink work (MTU, addresses, link state, routes, route
-lookups) is done with pyroute2, and importing pyroute2 grows a Python process by about
-20 MB of resident memory that it never gives back.  The daemon's steady-state budget is
+Why a separate process: the rtnetlink work (MTU, addresses, link state, routes) is done
+with pyroute2, and importing pyroute2 grows a Python process by about 20 MB of resident
+memory that it never gives back.  The daemon's steady-state budget is
 16 MB in total, and it needs rtnetlink only at start-up, so the import happens here, in a
 child that lives for a fraction of a second, and the daemon never loads pyroute2.
 
 Protocol: one dict on stdin, ``{"op": "configure", "ifname": ..., "mtu": ...,
-"addresses": ["10.0.0.1/24", ...], "routes": ["10.1.0.0/16", ...]}`` or ``{"op":
-"underlay_mtu", "dest": "192.0.2.1" | None}``, in the `marshal` format (built into the
-interpreter: parent and child are the same interpreter, and the daemon does not have to
+"addresses": ["10.0.0.1/24", ...], "routes": ["10.1.0.0/16", ...]}``, in the `marshal`
+format (built into the interpreter: parent and child are the same interpreter, and the daemon does not have to
 load json, ~0.2 MB).  On success: exit status 0 and one marshalled dict on stdout.
 On failure: exit status 1 and exactly one line on stderr saying what failed, which the
 parent shows to the operator as is.  Never a traceback.
@@ -29,11 +28,6 @@ from typing import Any
 IFA_F_NODAD = 0x02
 RT_SCOPE_LINK = 253
 RT_TABLE_MAIN = 254
-IFF_UP = 0x1
-IFF_LOOPBACK = 0x8
-IFF_RUNNING = 0x40
-
-DEFAULT_MTU = 1500
 
 
 class Failure(Exception):
@@ -147,36 +141,8 @@ def _route_oifs(ipr: Any, net: ipaddress.IPv4Network | ipaddress.IPv6Network) ->
     return [r.get("oif") for r in routes if r.get("oif") is not None]
 
 
-def underlay_mtu(ipr: Any, request: dict[str, Any]) -> dict[str, Any]:
-    dest = request.get("dest")
-    if dest is None:
-        best = 0
-        for link in _step("listing interfaces", ipr.get_links):
-            flags = link["flags"]
-            if flags & IFF_LOOPBACK or flags & (IFF_UP | IFF_RUNNING) != IFF_UP | IFF_RUNNING:
-                continue
-            best = max(best, link.get("mtu") or 0)
-        return {"mtu": best or DEFAULT_MTU}
-
-    routes = _step(f"no route to {dest}", ipr.route, "get", dst=dest)
-    if not routes or routes[0].get("oif") is None:
-        raise Failure(f"no route to {dest}")
-    route = routes[0]
-    oif = route.get("oif")
-    links = _step(f"reading interface #{oif}", ipr.get_links, oif)
-    mtu = links[0].get("mtu")
-    # A route can carry its own, smaller MTU (`ip route add ... mtu 1400`, or a cached
-    # path-MTU exception); that is what the kernel would really use toward `dest`.
-    metrics = route.get("metrics")
-    route_mtu = metrics.get("RTAX_MTU") if metrics is not None else None
-    if route_mtu:
-        mtu = min(mtu, route_mtu)
-    return {"mtu": mtu, "ifname": links[0].get("ifname")}
-
-
 OPERATIONS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
     "configure": configure,
-    "underlay_mtu": underlay_mtu,
 }
 
 
