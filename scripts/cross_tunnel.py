@@ -54,7 +54,7 @@ def main(chroot: str) -> int:
                                      env=dep.env, command=emulated)
         server.wait_log(r"server started", timeout=180)
         dep.check_loop(server)
-        dep.configure_externally(dep.server_host, [f"{SERVER_TUN4}/24", f"{SERVER_TUN6}/64"])
+        dep.configure_externally(dep.server_host, dep.server_addresses())
         dep.command = None  # the client: this checkout, native (configured the same way)
         dep.start_client(1)
         print("emulated server:", *server.text().strip().splitlines()[:6], sep="\n  ")

@@ -23,7 +23,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip 'setuptools>=77' >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
-# The editable install built the extension once; rebuild it in place whenever the .pyx
-# is newer than its C (Cython compares the times), so tests never run a stale build.
+# The editable install built the extension once; build it in place again, so a .pyx
+# edited since is regenerated (Cython compares the times) and tests never run a stale one.
 .venv/bin/python setup.py -q build_ext --inplace >/dev/null
 .venv/bin/python -c 'import vpncrypt._fast as f; print("setup: native core OK,", f.openssl_version())'

@@ -130,7 +130,7 @@ class Deployment:
     def server_text(self, clients=None) -> str:
         listen = f"[::]:{PORT}" if self.v6_underlay else f"0.0.0.0:{PORT}"
         text = (f"[server]\nlisten = {listen}\ninterface = vpn0\n"
-                f"address = {SERVER_TUN4}/24, {SERVER_TUN6}/64\nserver_id = {self.server_id}\n"
+                f"address = {', '.join(self.server_addresses())}\nserver_id = {self.server_id}\n"
                 f"state_dir = {self.state_dir('server')}\n{self.offload_line()}")
         for i in clients or range(1, len(self.client_hosts) + 1):
             text += (f"\n[client c{i}]\nid = {i}\nkey = {self.keys[i - 1]}\n"
@@ -143,12 +143,18 @@ class Deployment:
     def client_text(self, i: int, keepalive: int) -> str:
         return (f"[client]\nid = {i}\nserver = {self.server_underlay(i)}\n"
                 f"server_id = {self.server_id}\nkey = {self.keys[i - 1]}\ninterface = vpn0\n"
-                f"address = {client_tun4(i)}/24, {client_tun6(i)}/64\nkeepalive = {keepalive}\n"
+                f"address = {', '.join(self.client_addresses(i))}\nkeepalive = {keepalive}\n"
                 f"state_dir = {self.state_dir(f'client{i}')}\n{self.offload_line()}")
 
     def offload_line(self) -> str:
         return ("" if self.offload else "offload = no\n") + (
             "" if self.configure else "configure_interface = no\n")
+
+    def server_addresses(self) -> list[str]:
+        return [f"{SERVER_TUN4}/24", f"{SERVER_TUN6}/64"]
+
+    def client_addresses(self, i: int) -> list[str]:
+        return [f"{client_tun4(i)}/24", f"{client_tun6(i)}/64"]
 
     def configure_externally(self, host, addresses) -> None:
         """What netifd's `proto vpncrypt` does once the daemon has created vpn0."""
@@ -170,7 +176,7 @@ class Deployment:
         self.server.wait_log(r"server started")
         self.check_loop(self.server)
         if not self.configure:
-            self.configure_externally(self.server_host, [f"{SERVER_TUN4}/24", f"{SERVER_TUN6}/64"])
+            self.configure_externally(self.server_host, self.server_addresses())
         return self.server
 
     def start_client(self, i: int = 1, prefix=(), env=None) -> Daemon:
@@ -179,8 +185,7 @@ class Deployment:
         d.wait_log(r"client started")
         self.check_loop(d)
         if not self.configure:
-            self.configure_externally(self.client_hosts[i - 1],
-                                      [f"{client_tun4(i)}/24", f"{client_tun6(i)}/64"])
+            self.configure_externally(self.client_hosts[i - 1], self.client_addresses(i))
         self.clients[i - 1] = d
         return d
 

@@ -386,13 +386,7 @@ def configure_interface(
         nets = [ipaddress.ip_network(r) for r in routes]
     except ValueError as exc:
         raise TunError(f"configuring {name!r}: {exc}") from exc
-    if isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 65535:
-        raise TunError(f"configuring {name!r}: MTU {mtu!r} is outside 68..65535")
-    if mtu > TUNMRU:
-        raise TunError(
-            f"configuring {name!r}: MTU {mtu} is above {TUNMRU}, the largest packet a "
-            "FreeBSD tun accepts"
-        )
+    _check_mtu(name, mtu)
     has_v6 = any(x.version == 6 for x in (*addrs, *nets))
     if mtu < 1280 and has_v6:
         raise TunError(f"configuring {name!r}: MTU {mtu} is below 1280, the minimum for IPv6")
@@ -433,9 +427,18 @@ def configure_interface(
 def set_mtu(name: str, mtu: int) -> None:
     """Set only the MTU (``configure_interface = no``): ifconfig(8) `mtu`, as above."""
     validate_name(name)
-    if isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= TUNMRU:
-        raise TunError(f"configuring {name!r}: MTU {mtu!r} is outside 68..{TUNMRU}")
+    _check_mtu(name, mtu)
     _check([IFCONFIG, name, "mtu", str(mtu)], f"setting MTU {mtu} on {name!r}")
+
+
+def _check_mtu(name: str, mtu: int) -> None:
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 65535:
+        raise TunError(f"configuring {name!r}: MTU {mtu!r} is outside 68..65535")
+    if mtu > TUNMRU:
+        raise TunError(
+            f"configuring {name!r}: MTU {mtu} is above {TUNMRU}, the largest packet a "
+            "FreeBSD tun accepts"
+        )
 
 
 def _route_target(net: IPNetwork) -> list[str]:

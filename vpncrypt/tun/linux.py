@@ -78,8 +78,8 @@ _IFREQ = struct.Struct("16sH22x")
 _IFREQ_INT = struct.Struct("16si20x")
 SIOCSIFMTU = 0x8922
 
-# <linux/in.h> IP_MTU, <linux/in6.h> IPV6_MTU (the socket module lacks them before 3.13
-# on some builds); <linux/if.h> flags as /sys/class/net/*/flags shows them.
+# <linux/in.h> IP_MTU, <linux/in6.h> IPV6_MTU (not in every build's socket module);
+# <linux/if.h> flags as /sys/class/net/*/flags shows them.
 _IP_MTU, _IPV6_MTU = getattr(socket, "IP_MTU", 14), getattr(socket, "IPV6_MTU", 24)
 _IFF_UP, _IFF_LOOPBACK = 0x1, 0x8
 _SYS_NET = "/sys/class/net"

@@ -2,16 +2,16 @@
 
 Why a separate process: the rtnetlink work (MTU, addresses, link state, routes) is done
 with pyroute2, and importing pyroute2 grows a Python process by about 20 MB of resident
-memory that it never gives back.  The daemon's steady-state budget is
-16 MB in total, and it needs rtnetlink only at start-up, so the import happens here, in a
-child that lives for a fraction of a second, and the daemon never loads pyroute2.
+memory that it never gives back.  The daemon's steady-state budget is 16 MB in total,
+and it needs rtnetlink only at start-up, so the import happens here, in a child that
+lives for a fraction of a second, and the daemon never loads pyroute2.
 
 Protocol: one dict on stdin, ``{"op": "configure", "ifname": ..., "mtu": ...,
 "addresses": ["10.0.0.1/24", ...], "routes": ["10.1.0.0/16", ...]}``, in the `marshal`
-format (built into the interpreter: parent and child are the same interpreter, and the daemon does not have to
-load json, ~0.2 MB).  On success: exit status 0 and one marshalled dict on stdout.
-On failure: exit status 1 and exactly one line on stderr saying what failed, which the
-parent shows to the operator as is.  Never a traceback.
+format (built into the interpreter: parent and child are the same interpreter, and the
+daemon does not have to load json, ~0.2 MB).  On success: exit status 0 and one
+marshalled dict on stdout.  On failure: exit status 1 and exactly one line on stderr
+saying what failed, which the parent shows to the operator as is.  Never a traceback.
 """
 
 from __future__ import annotations
