@@ -11,6 +11,7 @@ Python loop even when the extension is there.
 import _thread
 import os
 import socket
+import sys
 
 from ..protocol import wire
 
@@ -84,7 +85,8 @@ class NativePath:
 
     def describe(self) -> str:
         """"native loop" and the offloads in use, for the start-up line."""
-        return f"native loop (offloads: {', '.join(self.offloads_in_use()) or 'none'})"
+        none = "none" if sys.byteorder == "little" else "none on a big-endian CPU"
+        return f"native loop (offloads: {', '.join(self.offloads_in_use()) or none})"
 
     def offload_status(self) -> dict:
         """What `show` reports: the offloads in use and how much they carried."""

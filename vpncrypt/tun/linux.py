@@ -69,20 +69,26 @@ IFF_VNET_HDR = 0x4000
 TUNSETOFFLOAD = _iow("T", 208, 4)
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6 = 0x01, 0x02, 0x04, 0x20, 0x40
 VNET_HDR_LEN = 10
+# A legacy TUN's virtio_net_hdr is in the kernel's byte order, and the native loop writes
+# it in the CPU's. Under qemu-user a big-endian CPU meets a little-endian kernel, which
+# refused every TCP segment so written (scripts/cross-test.sh s390x); on a real
+# big-endian router the two agree, but nothing here can show it. Until a big-endian
+# kernel has been tested, big-endian CPUs run without the TUN offloads (and so without
+# UDP GSO/GRO, which ride on them); the start-up line says so.
+OFFLOADS_BYTE_ORDER_KNOWN = sys.byteorder == "little"
 IFNAMSIZ = 16  # including the terminating NUL, hence 15 usable bytes
 
 # struct ifreq: char ifr_name[16]; then a 24-byte union whose first member we use as
 # `short ifr_flags`.  The kernel copies all 40 bytes, so the padding must be there.
 _IFREQ = struct.Struct("16sH22x")
-# The same with `int ifr_mtu` (SIOCSIFMTU, <linux/sockios.h>: the same number on every CPU).
+# The same with `int ifr_mtu`; <linux/sockios.h> numbers, the same on every CPU.
 _IFREQ_INT = struct.Struct("16si20x")
-SIOCSIFMTU = 0x8922
+SIOCGIFFLAGS, SIOCGIFMTU, SIOCSIFMTU = 0x8913, 0x8921, 0x8922
 
 # <linux/in.h> IP_MTU, <linux/in6.h> IPV6_MTU (not in every build's socket module);
-# <linux/if.h> flags as /sys/class/net/*/flags shows them.
+# <linux/if.h> interface flags (SIOCGIFFLAGS has IFF_RUNNING: operationally up).
 _IP_MTU, _IPV6_MTU = getattr(socket, "IP_MTU", 14), getattr(socket, "IPV6_MTU", 24)
-_IFF_UP, _IFF_LOOPBACK = 0x1, 0x8
-_SYS_NET = "/sys/class/net"
+_IFF_UP, _IFF_LOOPBACK, _IFF_RUNNING = 0x1, 0x8, 0x40
 DEFAULT_MTU = 1500
 
 # Largest IPv4/IPv6 packet a TUN can hand us (total-length/payload-length fields are
@@ -178,6 +184,7 @@ def open_tun(name: str, offload: bool = False) -> LinuxTun:
     and TCP segmentation offload (whatever it refuses is left out of `offloads`).
     """
     raw = validate_name(name)
+    offload = offload and OFFLOADS_BYTE_ORDER_KNOWN
     try:
         # Non-blocking for the event loop; close-on-exec so helpers we spawn (and
         # anything else) cannot keep the interface alive after we close it.
@@ -289,9 +296,8 @@ def underlay_mtu(dest: str | None) -> int:
     interface's), so no netlink and no helper are needed.
 
     With `dest` None, the largest MTU among interfaces that are up (administratively and
-    operationally, as IFF_RUNNING means) and not loopback, read from /sys/class/net; 1500
-    if there is none.  A local address of this host is reached through `lo`, whose MTU is
-    then the answer.
+    operationally: IFF_UP and IFF_RUNNING) and not loopback; 1500 if there is none.  A
+    local address of this host is reached through `lo`, whose MTU is then the answer.
     """
     if dest is None:
         return _largest_up_mtu()
@@ -310,25 +316,26 @@ def underlay_mtu(dest: str | None) -> int:
 
 
 def _largest_up_mtu() -> int:
-    best = 0
+    # Names from /proc/net/dev and state by ioctl: both answer for this process's network
+    # namespace, where /sys/class/net shows that of whoever mounted /sys (a chroot's bind
+    # mount of the host's /sys, scripts/cross-test.sh, would report the host's links).
     try:
-        names = os.listdir(_SYS_NET)
+        with open("/proc/net/dev") as f:
+            names = [line.split(":", 1)[0].strip() for line in f.readlines()[2:]]
     except OSError:
         names = []
-    for name in names:
-        try:
-            with open(f"{_SYS_NET}/{name}/flags") as f:
-                flags = int(f.read(), 16)
-            with open(f"{_SYS_NET}/{name}/operstate") as f:
-                oper = f.read().strip()
-            with open(f"{_SYS_NET}/{name}/mtu") as f:
-                mtu = int(f.read())
-        except (OSError, ValueError):
-            continue  # gone meanwhile, or not an interface directory
-        # IFF_RUNNING is what rtnetlink reports for operstate up or unknown (RFC 2863).
-        if flags & _IFF_LOOPBACK or not flags & _IFF_UP or oper not in ("up", "unknown"):
-            continue
-        best = max(best, mtu)
+    best = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for name in names:
+            raw = name.encode()
+            try:
+                flags = _IFREQ.unpack(fcntl.ioctl(sock, SIOCGIFFLAGS, _IFREQ.pack(raw, 0)))[1]
+                mtu = _IFREQ_INT.unpack(fcntl.ioctl(sock, SIOCGIFMTU, _IFREQ_INT.pack(raw, 0)))[1]
+            except OSError:
+                continue  # gone meanwhile
+            if flags & _IFF_LOOPBACK or flags & (_IFF_UP | _IFF_RUNNING) != _IFF_UP | _IFF_RUNNING:
+                continue
+            best = max(best, mtu)
     return best or DEFAULT_MTU
 
 
