@@ -29,3 +29,15 @@ def netns_factory() -> Iterator[Callable[[], Netns]]:
     finally:
         for host in reversed(hosts):
             host.close()
+
+
+# --------------------------------------------------------------------------- the built wheel
+# One `python -m build` per session (about a minute): the Python packaging tests and the
+# OpenWrt package's install test both use its wheel.
+
+from pkgtest import Built, build_wheel  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    return build_wheel(tmp_path_factory.mktemp("wheel"))

@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 import sys
 import tarfile
-import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pkgtest import REPO, CI, VERSION, run, write_key, project_version, data_files
+from pkgtest import REPO, VERSION, Built, run, write_key, project_version, data_files
 
 
 def test_versions_agree() -> None:
@@ -28,84 +24,8 @@ def test_versions_agree() -> None:
 
 # --------------------------------------------------------------------------- sdist, wheel, venv
 
-WHEEL_BUDGET = 180.0  # seconds for the whole build/install/run sequence
-
-
-def require_build() -> None:
-    # Asked of a fresh interpreter outside the checkout: in it, the setuptools output
-    # directory build/ would pass for a namespace package called "build".
-    probe = run([sys.executable, "-c", "import build.__main__"], cwd="/")
-    if probe.returncode != 0:
-        message = "the 'build' package is not installed (pip install build)"
-        if CI:
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-class Built:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.deadline = time.monotonic() + WHEEL_BUDGET
-        self.dist = root / "dist"
-        self.venv = root / "venv"
-
-    def remaining(self) -> float:
-        left = self.deadline - time.monotonic()
-        assert left > 0, f"over the {WHEEL_BUDGET:.0f} s budget"
-        return left
-
-    def run(self, argv: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-        env.update(kwargs.pop("env", {}))
-        return run(argv, timeout=self.remaining(), env=env, cwd=kwargs.pop("cwd", self.root),
-                   **kwargs)
-
-    @property
-    def wheel(self) -> Path:
-        (wheel,) = self.dist.glob("*.whl")
-        return wheel
-
-    @property
-    def sdist(self) -> Path:
-        (sdist,) = self.dist.glob("*.tar.gz")
-        return sdist
-
-
-# Left out of the copy the wheel test builds from: every hidden top-level entry (VCS
-# data, environments, caches, the cross-architecture chroots in .cross), the other
-# packages, and build products of the checkout (an in-place extension, generated C).
-_SKIP_DIRS = {"venv", "build", "dist", "__pycache__", "bench", "openwrt", "freebsd-port"}
-
-
-def _not_source(directory: str, names: list[str]) -> set[str]:
-    skipped = {n for n in names if n in _SKIP_DIRS or n.endswith((".egg-info", ".so", ".pyc"))}
-    if Path(directory) == REPO:
-        skipped |= {n for n in names if n.startswith(".")}
-    # Only files and directories: a device node or socket copied by content never ends.
-    skipped |= {n for n in names
-                if not (os.path.isfile(os.path.join(directory, n))
-                        or os.path.isdir(os.path.join(directory, n)))}
-    if Path(directory).name == "vpncrypt":
-        skipped.add("_fast.c")
-    return skipped
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
-    require_build()
-    b = Built(tmp_path_factory.mktemp("wheel"))
-    # Build from a copy of the package sources, so nothing is written into the checkout
-    # (egg-info, build/) and nothing from it (an in-place .so, a venv) leaks in.
-    src = b.root / "src"
-    shutil.copytree(REPO, src, ignore=_not_source, symlinks=True)
-    proc = b.run([sys.executable, "-m", "build", "--outdir", str(b.dist), str(src)])
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    proc = b.run([sys.executable, "-m", "venv", str(b.venv)])
-    assert proc.returncode == 0, proc.stderr
-    proc = b.run([str(b.venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                  "--disable-pip-version-check", str(b.wheel)])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    yield b
+# The `built` fixture (conftest.py, one build per session) makes the sdist and the
+# wheel and installs the wheel into a fresh venv.
 
 
 def test_sdist_and_wheel_contents(built: Built) -> None:

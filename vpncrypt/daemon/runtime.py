@@ -399,18 +399,27 @@ class Runtime:
         """After set-up, before any thread starts (capabilities are per thread)."""
         from . import privileges
 
+        freebsd = privileges.platform() == "freebsd"
         try:
             entry = privileges.target(self.config.user)
             if entry is None:
                 if os.geteuid() == 0 and self.config.user != "root":
-                    log.warning("no user '%s' to drop privileges to: staying root",
-                                self.config.user or privileges.DEFAULT_USER)
+                    if freebsd:  # `user` unset: nothing to keep a reload working with
+                        log.warning("%s", privileges.STAYING_ROOT_FREEBSD)
+                    else:
+                        log.warning("no user '%s' to drop privileges to: staying root",
+                                    self.config.user or privileges.DEFAULT_USER)
                 return
             privileges.drop(entry)
         except (privileges.PrivilegeError, OSError) as e:
             raise FatalError(str(e)) from None
-        log.info("running as %s (uid %d) with CAP_NET_ADMIN and CAP_DAC_READ_SEARCH only",
-                 entry.pw_name, entry.pw_uid)
+        if freebsd:
+            log.info("running as %s (uid %d), no privileges kept: a reload re-reads the "
+                     "configuration and key files as %s", entry.pw_name, entry.pw_uid,
+                     entry.pw_name)
+        else:
+            log.info("running as %s (uid %d) with CAP_NET_ADMIN and CAP_DAC_READ_SEARCH only",
+                     entry.pw_name, entry.pw_uid)
 
     def start(self) -> None:
         raise NotImplementedError

@@ -1,8 +1,11 @@
 """FreeBSD backend: tun(4) devices, configured with ifconfig(8) and route(8).
 
-Not yet run on FreeBSD by us: everything here that touches the kernel is written from
-FreeBSD's headers and manual pages and is unit-tested on Linux against fakes only
-(tests/test_tun_freebsd.py).
+Not run on FreeBSD by us: everything here that touches the kernel is written from
+FreeBSD's sources and manual pages and is unit-tested on Linux against a model of the
+kernel only (tests/test_tun_freebsd.py).  The sources are cited next to each call as
+path + function; they were read from the freebsd/freebsd-src copies held by our search
+index (main-branch and FreeBSD 14 snapshots, not one pinned releng/14 commit), and each
+behaviour relied on is long-standing, so it holds on FreeBSD 14.
 
 The device
     open_tun(NAME) opens the cloning device /dev/tun, which creates a fresh tunN
@@ -10,26 +13,34 @@ The device
     form tunN opens /dev/tunN directly (devfs creates it on first open).  The fd is put
     in TUNSIFHEAD mode, so every packet on it is preceded by a 4-byte big-endian address
     family (AF_INET = 2, AF_INET6 = 28 on FreeBSD); read() strips that word and write()
-    adds it, so callers see bare IP packets exactly as on Linux.  TUNSIFMODE makes the
-    interface point-to-point (its default, set anyway so a reused interface is too).
+    adds it, so callers see bare IP packets exactly as on Linux.
+
+    TUNSIFMODE switches the interface from point-to-point (what tuncreate() in
+    sys/net/if_tuntap.c gives a tun) to broadcast, as wireguard-go does on FreeBSD
+    (tun/tun_freebsd.go, CreateTUN).  A point-to-point interface needs a destination
+    with every IPv4 address: in_aifaddr_ioctl() in sys/netinet/in.c refuses one without
+    it with EDESTADDRREQ, and our configuration has prefixes, not peers.  A tun stays a
+    layer-3 interface either way (IFT_PPP, tunoutput() never resolves link addresses).
 
 Lifetime
     Unlike a non-persistent Linux TUN, a FreeBSD tun interface outlives the fd: closing
-    it only takes the interface down and drops its addresses.  So close() destroys the
-    interface if this open_tun() created it.  One left behind by a crash (daemon(8)
-    restarts us, or the rc.d script's stop destroys it) is reopened through the
-    /dev/NAME alias FreeBSD creates when a tun interface is renamed.  An interface that
-    existed before open_tun() (``ifconfig tun create name vpn0``) is left alone by
-    close(), like a persistent TUN on Linux.
+    it only takes the interface down and drops its addresses (tundtor() in
+    if_tuntap.c).  So close() destroys the interface if this open_tun() created it.  One
+    left behind by a crash (daemon(8) restarts us, or the rc.d script's stop destroys
+    it) is reopened through the /dev/NAME alias FreeBSD creates when a tun interface is
+    renamed (tunrename()).  An interface that existed before open_tun() (``ifconfig tun
+    create name vpn0``) is left alone by close(), like a persistent TUN on Linux.
 
 Configuration
     Every external command goes through run_command(), the only place this module
     starts a process, so tests can capture the exact command lines.  Addresses and the
-    MTU are set with ifconfig, routes with ``route add``.  IPv4 addresses on a
-    point-to-point interface without a destination address get no connected route on
-    FreeBSD, so configure_interface() adds the prefix of each one explicitly (IPv6
-    prefixes are installed by the kernel).  IPv6 link-local addresses are switched off
-    (-auto_linklocal) like on Linux, and DAD too (no_dad): a tunnel has no neighbours.
+    MTU are set with ifconfig, routes with ``route add``.  The kernel installs the
+    connected prefix of every address itself: in_aifaddr_ioctl() calls in_addprefix()
+    for IPv4 (a /32 on a broadcast interface gets only its loopback route), and
+    in6_control() adds the on-link prefix with nd6_prelist_add() for IPv6 (none for a
+    /128), so configure_interface() adds no route for those prefixes.  IPv6 link-local
+    addresses are switched off (-auto_linklocal) like on Linux, and DAD too (no_dad): a
+    tunnel has no neighbours.
 """
 
 from __future__ import annotations
@@ -59,7 +70,9 @@ __all__ = [
 
 # --------------------------------------------------------------------------- constants
 
-# <sys/ioccom.h>: an ioctl request is  inout | (len & IOCPARM_MASK) << 16 | group << 8 | num
+# sys/sys/ioccom.h (_IOC, _IOW, _IOR): a request is
+#   inout | (sizeof(arg) & IOCPARM_MASK) << 16 | group << 8 | num
+# with IOCPARM_MASK = (1 << 13) - 1, IOC_IN 0x80000000 (copied in), IOC_OUT 0x40000000.
 IOCPARM_MASK = (1 << 13) - 1
 IOC_OUT = 0x40000000  # the kernel copies the argument out to us
 IOC_IN = 0x80000000  # the kernel copies the argument in from us
@@ -78,29 +91,41 @@ def _IOR(group: str, num: int, length: int) -> int:
 
 
 SIZEOF_INT = 4
-SIZEOF_IFREQ = 32  # struct ifreq: char ifr_name[IFNAMSIZ=16] + a 16-byte union
+# struct ifreq (sys/net/if.h): char ifr_name[IFNAMSIZ = 16] and a union whose largest
+# members are a struct sockaddr (16 bytes) and struct ifreq_buffer (16 on LP64, 8 on
+# 32-bit): 32 bytes on every FreeBSD platform.
+SIZEOF_IFREQ = 32
 
-# <net/if_tun.h>:
-#   #define TUNSIFMODE  _IOW('t', 94, int)            -> 0x8004745e
-#   #define TUNSIFHEAD  _IOW('t', 96, int)            -> 0x80047460
-#   #define TUNGIFNAME  _IOR('t', 93, struct ifreq)   -> 0x4020745d  (FreeBSD 12+)
+# sys/net/if_tun.h, computed from the _IOW/_IOR definitions above:
+#   TUNSIFMODE  _IOW('t', 94, int)            = 0x80000000 | 4 << 16 | 0x74 << 8 | 94 = 0x8004745e
+#   TUNSIFHEAD  _IOW('t', 96, int)            = 0x80000000 | 4 << 16 | 0x74 << 8 | 96 = 0x80047460
+#   TUNGIFNAME  _IOR('t', 93, struct ifreq)   = 0x40000000 | 32 << 16 | 0x74 << 8 | 93 = 0x4020745d
+# (the same numbers wireguard-go's tun/tun_freebsd.go uses).
 TUNSIFMODE = _IOW("t", 94, SIZEOF_INT)
 TUNSIFHEAD = _IOW("t", 96, SIZEOF_INT)
 TUNGIFNAME = _IOR("t", 93, SIZEOF_IFREQ)
 
-# <net/if.h>
-IFF_POINTOPOINT = 0x10
+# sys/net/if.h
+IFF_UP = 0x1
+IFF_BROADCAST = 0x2
+IFF_POINTOPOINT = 0x10  # the tun default, which we leave (see the module docstring)
 IFF_MULTICAST = 0x8000
 IFNAMSIZ = 16  # including the terminating NUL
+# The mode TUNSIFMODE sets; tunioctl() in if_tuntap.c takes IFF_BROADCAST or
+# IFF_POINTOPOINT, either with IFF_MULTICAST, and only while the interface is down.
+TUN_MODE = IFF_BROADCAST | IFF_MULTICAST
 
-# <sys/socket.h> on FreeBSD.  Not socket.AF_INET6: that is the *running* platform's
+# sys/sys/socket.h on FreeBSD.  Not socket.AF_INET6: that is the *running* platform's
 # value (10 on Linux, where the tests run), and the header carries FreeBSD's.
 AF_INET = 2
 AF_INET6 = 28
 
-# <net/if_tun.h> TUNMRU: the largest packet a tun accepts from a write().  An MTU above
-# it would let the peer send us packets the kernel refuses to take back.
-TUNMRU = 16384
+# sys/net/if_var.h IF_MINMTU / IF_MAXMTU: the range ifhwioctl() (sys/net/if.c,
+# SIOCSIFMTU) accepts for any interface.  sys/net/if_tun.h TUNMRU (65535 in FreeBSD 14)
+# bounds a tunwrite() in if_tuntap.c to TUNMRU + the family word, so it is no tighter.
+IF_MINMTU = 72
+IF_MAXMTU = 65535
+TUNMRU = 65535
 
 FRAME_PREFIX = 4
 _AF_HEADER = {4: struct.pack(">I", AF_INET), 6: struct.pack(">I", AF_INET6)}
@@ -111,6 +136,8 @@ _READ_SIZE = 65535 + FRAME_PREFIX
 # Frames of unknown family read back to back before read() gives up for this round.
 _MAX_SKIPPED = 64
 
+# ifconfig(8) and route(8) of the base system, by absolute path (run_command() also
+# sets PATH and LC_ALL=C, so the messages we pass on are the C locale's).
 IFCONFIG = "/sbin/ifconfig"
 ROUTE = "/sbin/route"
 DEV_DIR = "/dev"
@@ -223,6 +250,9 @@ class FreeBSDTun(TunDevice):
             # Best effort: at shutdown there is nobody left to report a failure to, and
             # the rc.d script's stop destroys a leftover interface too.
             try:
+                # ifconfig(8) `destroy`: SIOCIFDESTROY, tun_clone_destroy() in
+                # sys/net/if_tuntap.c.  Needs root: after a privilege drop it fails,
+                # and the rc.d script's stop destroys the interface instead.
                 run_command([IFCONFIG, self.name, "destroy"])
             except TunError:
                 pass
@@ -296,14 +326,19 @@ def _open_device(path: str) -> int:
         raise TunError(what) from exc
 
 
-def _ioctl_int(fd: int, request: int, value: int, what: str) -> None:
+def _ioctl_int(
+    fd: int, request: int, value: int, what: str, hints: dict[int, str] | None = None
+) -> None:
     try:
         fcntl.ioctl(fd, request, struct.pack("i", value))
     except OSError as exc:
-        raise TunError(f"{what}: {exc.strerror}") from exc
+        hint = (hints or {}).get(exc.errno, "")
+        raise TunError(f"{what}: {exc.strerror}{hint}") from exc
 
 
 def _device_name(fd: int) -> str:
+    # TUNGIFNAME: tunioctl() in sys/net/if_tuntap.c copies the interface's if_xname
+    # into ifr_name (FreeBSD 12 and later).
     try:
         reply = fcntl.ioctl(fd, TUNGIFNAME, bytes(SIZEOF_IFREQ))
     except OSError as exc:
@@ -346,9 +381,17 @@ def open_tun(name: str, offload: bool = False) -> FreeBSDTun:
                 f"cannot use {name!r}: {DEV_DIR}/{name} is the device of interface "
                 f"{kernel_name!r}"
             )
-        _ioctl_int(fd, TUNSIFMODE, IFF_POINTOPOINT | IFF_MULTICAST, f"setting {name!r} point-to-point")
+        # TUNSIFMODE: tunioctl() in sys/net/if_tuntap.c replaces the BROADCAST,
+        # POINTOPOINT and MULTICAST flags with ours, and refuses (EBUSY) while the
+        # interface is up.  Broadcast, so addresses need no destination (module docstring).
+        _ioctl_int(fd, TUNSIFMODE, TUN_MODE, f"setting {name!r} to broadcast mode",
+                   {errno.EBUSY: f" (the interface is up: ifconfig {name} down, then start again)"})
+        # TUNSIFHEAD: tunioctl() sets TUN_IFHEAD; tunoutput() then prepends the family
+        # word and tunwrite_l3() reads it (without it only IPv4 passes).
         _ioctl_int(fd, TUNSIFHEAD, 1, f"enabling the address-family header on {name!r}")
         if cloned and kernel_name != name:
+            # ifconfig(8) `name`: setifname() in sbin/ifconfig/ifconfig.c, SIOCSIFNAME;
+            # tunrename() in if_tuntap.c then makes the /dev/NAME alias we reopen by.
             _check([IFCONFIG, kernel_name, "name", name], f"renaming {kernel_name} to {name!r}")
     except BaseException:
         os.close(fd)
@@ -357,6 +400,7 @@ def open_tun(name: str, offload: bool = False) -> FreeBSDTun:
             for candidate in (name, kernel_name):
                 if interface_exists(candidate):
                     try:
+                        # ifconfig(8) `destroy`: SIOCIFDESTROY, tun_clone_destroy().
                         run_command([IFCONFIG, candidate, "destroy"])
                     except TunError:
                         pass
@@ -376,9 +420,11 @@ def configure_interface(
 ) -> None:
     """Set `mtu`, add `addresses`, bring `name` up and route `routes` through it.
 
-    Meant for a freshly opened interface: FreeBSD refuses to add an address twice.  A
-    route that already exists through this interface is accepted; one through another
-    interface is an error, as on Linux.
+    Meant for a freshly opened interface, but an address already there is replaced,
+    not refused: in_aifaddr_ioctl() deletes an equal IPv4 address before adding it,
+    and in6_update_ifa() updates an existing IPv6 one.  A route that already exists
+    through this interface is accepted; one through another interface is an error, as
+    on Linux.
     """
     validate_name(name)
     try:
@@ -391,34 +437,44 @@ def configure_interface(
     if mtu < 1280 and has_v6:
         raise TunError(f"configuring {name!r}: MTU {mtu} is below 1280, the minimum for IPv6")
 
-    _check([IFCONFIG, name, "mtu", str(mtu)], f"setting MTU {mtu} on {name!r}")
+    _set_mtu(name, mtu)
 
-    # Before any address and before up: no fe80:: address, so no router solicitations
-    # or MLD reports that the server would drop as sourced outside the allowed IPs.
+    # ifconfig(8) inet6 `-auto_linklocal`, `-ifdisabled`, `no_dad`: setnd6flags() in
+    # sbin/ifconfig/af_nd6.c, SIOCGIFINFO_IN6 then SIOCSIFINFO_IN6 (nd6_ioctl() in
+    # sys/netinet6/nd6.c).  Before any address and before up: in6_ifattach() would
+    # otherwise add an fe80:: address whose router solicitations and MLD reports the
+    # server drops as sourced outside the allowed IPs, and a broadcast interface would
+    # run DAD.  setnd6flags() only warns on failure, exit status 0: read stderr too.
     inet6 = [IFCONFIG, name, "inet6", "-auto_linklocal"]
     if has_v6:
         inet6 += ["-ifdisabled", "no_dad"]
-        _check(inet6, f"preparing {name!r} for IPv6")
+        proc = run_command(inet6)
+        if proc.returncode != 0 or "INFO_IN6" in (proc.stderr or ""):
+            raise TunError(f"preparing {name!r} for IPv6: {_reason(proc)}")
     else:
         run_command(inet6)  # best effort: a kernel without INET6 refuses it, harmlessly
 
     for iface in addrs:
+        # ifconfig(8) `inet|inet6 ADDR/PLEN alias`: in_getaddr() / in6_getaddr() in
+        # sbin/ifconfig/af_inet*.c parse the prefix length; the kernel side is
+        # in_aifaddr_ioctl() in sys/netinet/in.c (EDESTADDRREQ on a point-to-point
+        # interface without a destination, hence broadcast mode) and in6_control()
+        # SIOCAIFADDR_IN6 in sys/netinet6/in6.c.  Both add the connected prefix route,
+        # and the first address brings the interface up (tunifioctl() SIOCSIFADDR).
         family = "inet" if iface.version == 4 else "inet6"
         _check(
             [IFCONFIG, name, family, iface.with_prefixlen, "alias"],
             f"adding address {iface} to {name!r}",
         )
 
+    # ifconfig(8) `up`: setifflags() in sbin/ifconfig/ifconfig.c, SIOCSIFFLAGS.  Needed
+    # when there is no address to bring it up.
     _check([IFCONFIG, name, "up"], f"bringing {name!r} up")
 
+    connected = {a.network for a in addrs if a.network.prefixlen < a.network.max_prefixlen}
     wanted: list[IPNetwork] = []
-    for iface in addrs:
-        # Only IPv4: the kernel adds IPv6 prefixes itself, even on point-to-point links.
-        if iface.version == 4 and iface.network.prefixlen < 32 and iface.network not in wanted:
-            wanted.append(iface.network)
-    v6_prefixes = {a.network for a in addrs if a.version == 6}
     for net in nets:
-        if net not in wanted and net not in v6_prefixes:
+        if net not in connected and net not in wanted:
             wanted.append(net)
     for net in wanted:
         _add_route(name, net)
@@ -428,17 +484,19 @@ def set_mtu(name: str, mtu: int) -> None:
     """Set only the MTU (``configure_interface = no``): ifconfig(8) `mtu`, as above."""
     validate_name(name)
     _check_mtu(name, mtu)
+    _set_mtu(name, mtu)
+
+
+def _set_mtu(name: str, mtu: int) -> None:
+    # ifconfig(8) `mtu`: setifmtu() in sbin/ifconfig/ifconfig.c, SIOCSIFMTU; the kernel
+    # checks IF_MINMTU..IF_MAXMTU in ifhwioctl() (sys/net/if.c) and tunifioctl() stores it.
     _check([IFCONFIG, name, "mtu", str(mtu)], f"setting MTU {mtu} on {name!r}")
 
 
 def _check_mtu(name: str, mtu: int) -> None:
-    if isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 65535:
-        raise TunError(f"configuring {name!r}: MTU {mtu!r} is outside 68..65535")
-    if mtu > TUNMRU:
-        raise TunError(
-            f"configuring {name!r}: MTU {mtu} is above {TUNMRU}, the largest packet a "
-            "FreeBSD tun accepts"
-        )
+    high = min(IF_MAXMTU, TUNMRU)
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not IF_MINMTU <= mtu <= high:
+        raise TunError(f"configuring {name!r}: MTU {mtu!r} is outside {IF_MINMTU}..{high}")
 
 
 def _route_target(net: IPNetwork) -> list[str]:
@@ -449,6 +507,9 @@ def _route_target(net: IPNetwork) -> list[str]:
 
 
 def _add_route(name: str, net: IPNetwork) -> None:
+    # route(8) `add -net|-host DEST -interface NAME`: newroute() in sbin/route/route.c;
+    # -interface makes the interface itself the gateway (no RTF_GATEWAY), which on a
+    # tun is all a layer-3 route needs.  An existing route is refused with EEXIST.
     proc = run_command([ROUTE, "-n", "add", *_route_target(net), "-interface", name])
     if proc.returncode == 0:
         return
@@ -469,6 +530,7 @@ _INTERFACE_LINE = re.compile(r"^\s*interface:\s*(\S+)\s*$", re.MULTILINE)
 
 def _route_interface(net: IPNetwork) -> str | None:
     """The interface of the route `route get` reports for `net`, if any."""
+    # route(8) `get`: print_getmsg() in sbin/route/route.c prints "  interface: NAME".
     proc = run_command([ROUTE, "-n", "get", *_route_target(net)])
     if proc.returncode != 0:
         return None
@@ -493,6 +555,8 @@ def underlay_mtu(dest: str | None) -> int:
     loopback; 1500 if there is none.
     """
     if dest is None:
+        # ifconfig(8) `-a`: status() in sbin/ifconfig/ifconfig.c prints
+        # "NAME: flags=HEX<FLAG,...> metric N mtu N" first for each interface.
         out = _check([IFCONFIG, "-a"], "listing interfaces")
         best = 0
         for mo in _IFCONFIG_HEAD.finditer(out):
@@ -507,6 +571,7 @@ def underlay_mtu(dest: str | None) -> int:
     except ValueError:
         raise TunError(f"underlay MTU: {dest!r} is not an IP address") from None
     family = "-inet" if ip.version == 4 else "-inet6"
+    # route(8) `get`, as in _route_interface(); its metrics table has an "mtu" column.
     proc = run_command([ROUTE, "-n", "get", family, str(ip)])
     if proc.returncode != 0:
         raise TunError(f"no route to {ip}")
