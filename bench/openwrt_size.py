@@ -1,4 +1,5 @@
-"""Estimated flash cost of vpncrypt's OpenWrt package and everything its DEPENDS pull in.
+"""Estimated flash cost of vpncrypt's OpenWrt package and everything its DEPENDS pull in
+(and, for comparison, what python3-pyroute2 would add).
 
 Run by hand (not part of the test suite), with the dev venv's interpreter so that the
 standard library, docopt and pyroute2 are the ones the project is tested with:
@@ -419,6 +420,24 @@ def xz_sizes(col: Collector, workers: int) -> dict[str, int]:
     return out
 
 
+def overlay_sizes(col: Collector) -> dict[str, int]:
+    """What `opkg install` costs on a JFFS2 overlay: each file zlib-compressed in 4 KiB
+    pages, a page kept raw when compression does not help (UBIFS's lzo/zstd differ)."""
+    import zlib
+
+    out = {}
+    for pkg, files in col.files.items():
+        n = 0
+        for f in files:
+            with open(f, "rb") as fh:
+                data = fh.read()
+            for i in range(0, len(data), 4096):
+                page = data[i: i + 4096]
+                n += min(len(page), len(zlib.compress(page, 6)))
+        out[pkg] = n
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # Import audit: which packages do the three programs load modules from?
 
@@ -507,6 +526,7 @@ def main() -> None:
         collect_clibs(col)
         sizes = {pkg: col.size(pkg) for pkg in col.files}
         xz = {} if args.no_xz else xz_sizes(col, workers)
+        overlay = overlay_sizes(col)
         site_dirs = {"python3-docopt": os.path.realpath(docopt_src),
                      "python3-pyroute2": os.path.realpath(pyroute2_src)}
         paths = [REPO, os.path.dirname(os.path.realpath(pyroute2_src)),
@@ -516,27 +536,31 @@ def main() -> None:
     docopt_v = dist_version("docopt", docopt_src)
     pyroute2_v = dist_version("pyroute2", pyroute2_src)
     # Row order, with "what" and "needed by".
+    # The package's closure: its DEPENDS (python3-light, python3-docopt, libopenssl,
+    # kmod-tun) and what they depend on (python3-light: python3-base, libbz2, zlib;
+    # python3-base: libpython3).
     daemon_rows = [
         ("kmod-tun", "tun.ko (/dev/net/tun)", "daemon"),
         ("libopenssl", CLIBS["libopenssl"][1], "daemon (the native extension links libcrypto)"),
-        ("zlib", "zlib", "interpreter (libpython3)"),
+        ("zlib", "zlib", "interpreter (python3-light)"),
         ("libbz2", "bzip2 library", "interpreter (python3-light's _bz2)"),
-        ("libffi", "libffi", "interpreter (python3-light, _ctypes)"),
-        ("libpython3", f"libpython{VER}.so", "daemon, CLI, helper"),
-        ("python3-base", f"python{VER} + the files it needs to start", "daemon, CLI, helper"),
+        ("libpython3", f"libpython{VER}.so", "daemon, CLI"),
+        ("python3-base", f"python{VER} + the files it needs to start", "daemon, CLI"),
         ("python3-light", "the rest of the standard library, minus the split-out parts",
-         "daemon, CLI, helper"),
-        ("python3-logging", "logging", "helper only (pyroute2); vpncrypt itself no longer "
-         "imports logging"),
-        ("python3-ctypes", "ctypes, _ctypes", "daemon, only as a fallback when the native "
-         "extension is missing (privilege drop, socket filter)"),
+         "daemon, CLI"),
         ("python3-docopt", f"{docopt_v} (the feed ships docopt 0.6.2)",
          "daemon and CLI command lines"),
-        ("vpncrypt", "byte code, native extension, init script, UCI config, keep list",
-         "daemon, CLI, helper"),
+        ("vpncrypt", "byte code, native extension, init script, netifd handler, UCI "
+         "renderer, uci-defaults, UCI config, keep list", "daemon, CLI"),
     ]
+    # Not dependencies: what python3-pyroute2 would add, for a daemon that configures
+    # its own interface (configure_interface = yes) instead of leaving it to netifd.
     meta_rows = [("python3-pyroute2", f"{pyroute2_v} (the feed's version may be older)",
-                  "interface set-up helper only")]
+                  "interface set-up helper only"),
+                 ("python3-logging", "logging", "helper only (pyroute2)"),
+                 ("python3-ctypes", "ctypes, _ctypes", "pyroute2; the daemon only without "
+                  "its native extension"),
+                 ("libffi", "libffi", "python3-ctypes")]
     meta_rows += [(p, SPLIT[p][2], "pulled by python3 (for pyroute2)") for p in SPLIT
                   if p not in ("python3-logging", "python3-ctypes")]
     meta_rows += [(lib, CLIBS[lib][1],
@@ -545,13 +569,15 @@ def main() -> None:
                               "libsqlite3", "libuuid")]
 
     def row(pkg, what, needed):
-        z = f" | {mib(xz[pkg])}" if xz else ""
-        print(f"| `{pkg}` | {what} | {mib(sizes.get(pkg, 0))}{z} | {needed} |")
+        z = f" | {mib(xz.get(pkg, 0))}" if xz else ""
+        print(f"| `{pkg}` | {what} | {mib(sizes.get(pkg, 0))} | {mib(overlay.get(pkg, 0))}{z}"
+              f" | {needed} |")
 
     def total(label, pkgs):
         s = sum(sizes.get(p, 0) for p in pkgs)
         z = f" | **{mib(sum(xz.get(p, 0) for p in pkgs))}**" if xz else ""
-        print(f"| **{label}** | | **{mib(s)}**{z} | |")
+        o = sum(overlay.get(p, 0) for p in pkgs)
+        print(f"| **{label}** | | **{mib(s)}** | **{mib(o)}**{z} | |")
 
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     try:
@@ -560,8 +586,8 @@ def main() -> None:
         osname = platform.system()
     print(f"Estimated by bench/openwrt_size.py, {now}, {platform.machine()} {osname}, "
           f"Python {platform.python_version()} ({std}), extension {ext}.\n")
-    head = "| package | contains | installed MiB (x86_64) |"
-    sep = "|---|---|---:|"
+    head = "| package | contains | installed MiB (x86_64) | JFFS2 overlay MiB |"
+    sep = "|---|---|---:|---:|"
     if xz:
         head += " xz MiB |"
         sep += "---:|"
@@ -570,16 +596,13 @@ def main() -> None:
     for r in daemon_rows:
         row(*r)
     a_pkgs = [r[0] for r in daemon_rows]
-    total("(b) the daemon and CLI alone, if python3-pyroute2 were not installed", a_pkgs)
-    total("(b') of which they import (b without python3-logging, python3-ctypes)",
-          [p for p in a_pkgs if p not in ("python3-logging", "python3-ctypes")])
+    total("(a) everything vpncrypt's DEPENDS pull in", a_pkgs)
     for r in meta_rows:
         row(*r)
-    print("| `python3` | meta package, no files of its own | 0 |" + (" 0 |" if xz else "")
+    print("| `python3` | meta package, no files of its own | 0 | 0 |" + (" 0 |" if xz else "")
           + " pulled by python3-pyroute2 |")
     b_pkgs = [r[0] for r in meta_rows]
-    total("pyroute2 and what its +python3 adds", b_pkgs)
-    total("(a) everything vpncrypt's DEPENDS pull in", a_pkgs + b_pkgs)
+    total("(b) what python3-pyroute2 would add (not a dependency)", b_pkgs)
     print()
     print("Modules actually loaded (import audit, fresh `python -S` processes), by "
           "package outside python3-base/light/libpython3:")

@@ -158,7 +158,9 @@ def main() -> int:
         except ImportError as exc:
             raise Failure(
                 "interface configuration needs pyroute2, which is not installed "
-                "(pip install pyroute2)"
+                "(pip install pyroute2; OpenWrt: opkg install python3-pyroute2, or run the "
+                "tunnel as a network interface with proto vpncrypt); or set "
+                "configure_interface = no and configure the interface yourself"
             ) from exc
         with _step("opening a netlink socket", IPRoute) as ipr:
             result = operation(ipr, request)
