@@ -40,7 +40,7 @@ Method
   Debian tun.ko. docopt and pyroute2 come from the interpreter's site-packages (which
   may be newer than the feed's: the feed packages docopt 0.6.2 and an older pyroute2).
 * vpncrypt is this repository's vpncrypt/ package as the feed Makefile's filespec keeps
-  it (no _fast.pyx, _fast.c, tun/freebsd.py), byte-compiled, plus the built extension
+  it (no _fast.pyx, _fast_*.pxi, _fast.c, tun/freebsd.py), byte-compiled, plus the built extension
   vpncrypt/_fast*.so (here or --extension) and the three files of openwrt/net/vpncrypt/files.
 * "installed" is the sum of apparent file sizes of what the package would install.
   The "xz" column is a rough stand-in for flash: each package's files
@@ -358,7 +358,7 @@ def collect_vpncrypt(col: Collector, extension: str | None, workers: int) -> str
     dropped = {"_fast.pyx", "_fast.c", os.path.join("tun", "freebsd.py")}
     root = os.path.join(col.tmp, "site", "vpncrypt")
     base = os.path.join(root, "usr", "lib", f"python{VER}", "site-packages", "vpncrypt")
-    rels = copy_tree(src, base, lambda r: r not in dropped and not r.endswith(".so"))
+    rels = copy_tree(src, base, lambda r: r not in dropped and not r.endswith((".so", ".pxi")))
     compile_tree(root, workers)
     for rel in rels:
         p = pyc_or_file(base, rel)

@@ -292,6 +292,7 @@ def test_openwrt_makefile_variables(openwrt_top: Path) -> None:
     assert filespec == [
         f"+|/usr/lib/python{PY_VERSION}/site-packages",
         f"-|/usr/lib/python{PY_VERSION}/site-packages/vpncrypt/_fast.pyx",
+        f"-|/usr/lib/python{PY_VERSION}/site-packages/vpncrypt/_fast_*.pxi",
         f"-|/usr/lib/python{PY_VERSION}/site-packages/vpncrypt/tun/freebsd.py",
     ]
 
@@ -384,7 +385,7 @@ def test_openwrt_package_from_the_real_wheel(openwrt_top: Path, built: Built,
     assert mode("lib/upgrade/keep.d/vpncrypt") == 0o644
     for script in ("usr/bin/vpncryptd", "usr/bin/vpncrypt"):
         assert (root / script).read_text().splitlines()[0] == "#!/usr/bin/python3"
-    assert not [f for f in files if f.endswith((".py", ".pyx", ".c", ".exe"))]
+    assert not [f for f in files if f.endswith((".py", ".pyx", ".pxi", ".c", ".exe"))]
     assert {f"{pkg}/__init__.pyc", f"{pkg}/daemon/server.pyc", f"{pkg}/tun/linux.pyc"} <= files
     assert f"{pkg}/tun/freebsd.pyc" not in files
     assert [f for f in files if re.fullmatch(rf"{pkg}/_fast\..*\.so", f)]

@@ -44,6 +44,8 @@ def test_sdist_and_wheel_contents(built: Built) -> None:
     with tarfile.open(built.sdist) as tar:
         members = {m.name.split("/", 1)[1] for m in tar.getmembers() if "/" in m.name}
     assert {"pyproject.toml", "setup.py", "vpncrypt/_fast.pyx"} <= members
+    includes = {p.relative_to(REPO).as_posix() for p in (REPO / "vpncrypt").glob("_fast_*.pxi")}
+    assert includes and includes <= members  # the .pyx does not build without them
     assert data_files() <= members  # or a wheel built from the sdist fails
     assert not [s for s in sources if s not in members]
 
