@@ -705,13 +705,19 @@ config client 'spare'
 """
 
 
-def test_init_renders_valid_configs(init: InitHarness, tmp_path: Path) -> None:
+def _full_uci_with_keys(tmp_path: Path) -> tuple[str, Path, str]:
+    """_full_uci's text with its key files written: (text, keys directory, inline key)."""
     keys = tmp_path / "keys"
     keys.mkdir()
     write_key(keys / "laptop.key")
     write_key(keys / "home.key")
     inline = write_key(tmp_path / "unused.key")
-    proc = init.start(_full_uci(keys, inline))
+    return _full_uci(keys, inline), keys, inline
+
+
+def test_init_renders_valid_configs(init: InitHarness, tmp_path: Path) -> None:
+    text, keys, inline = _full_uci_with_keys(tmp_path)
+    proc = init.start(text)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
 
     instances = init.instances(proc.stdout)
@@ -859,11 +865,7 @@ config peer 'b'
 
 
 def test_init_removes_files_of_disabled_sections(init: InitHarness, tmp_path: Path) -> None:
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    write_key(keys / "laptop.key")
-    write_key(keys / "home.key")
-    text = _full_uci(keys, write_key(tmp_path / "k"))
+    text, _, _ = _full_uci_with_keys(tmp_path)
     assert init.start(text).returncode == 0
     assert (init.run_dir / "home.conf").exists()
     proc = init.start(text.replace("option enabled 'yes'", "option enabled 'no'"))
@@ -897,11 +899,7 @@ config interface 'vpn'
 
 
 def test_init_leaves_tunnels_that_netifd_runs_to_netifd(init: InitHarness, tmp_path: Path) -> None:
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    write_key(keys / "laptop.key")
-    write_key(keys / "home.key")
-    text = _full_uci(keys, write_key(tmp_path / "k"))
+    text, _, _ = _full_uci_with_keys(tmp_path)
     proc = init.start(text, NETWORK_CLAIMS_OFFICE)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert sorted(init.instances(proc.stdout)) == ["home"]
