@@ -44,6 +44,12 @@ if os.environ.get("VPNCRYPT_NO_EXT") != "1":
     if not _have_openssl_headers() and not os.environ.get("VPNCRYPT_SKIP_HEADER_CHECK"):
         sys.exit(OPENSSL_HINT)
     cythonize = _sources()
+    # The protocol rules' numbers come from the Python modules that own them; regenerate
+    # them before Cython reads them (an sdist has no scripts/ and ships the file).
+    if cythonize and os.path.exists("scripts/gen_fast_rules.py"):
+        import runpy
+        if runpy.run_path("scripts/gen_fast_rules.py")["main"]([]):
+            sys.exit("vpncrypt: could not generate vpncrypt/_fast_rules.pxi")
     source = "vpncrypt/_fast.pyx" if cythonize else "vpncrypt/_fast.c"
     ext = Extension(
         "vpncrypt._fast",

@@ -179,6 +179,23 @@ class LoopbackEngines:
         os.close(self.stop_w)
 
 
+def test_native_rules_are_generated_from_their_python_sources():
+    """The native loop's protocol numbers (_fast_rules.pxi) are generated from the Python
+    modules that own them; the committed file must be what they generate now, and the
+    built extension must have compiled it in."""
+    import pathlib
+    import subprocess
+    import sys
+
+    from vpncrypt.daemon import budgets
+
+    script = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "gen_fast_rules.py"
+    proc = subprocess.run([sys.executable, str(script),
+                           "--check"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert native().ROAM_RATE_PER_SECOND == budgets.ROAM_RATE
+
+
 def test_freebsd_frames_through_two_native_engines():
     """The native loop with FreeBSD's TUN framing (a 4-byte address family word in front
     of each packet, TUNSIFHEAD), between a client and a server engine over real UDP
@@ -283,7 +300,7 @@ def test_forgeries_from_elsewhere_are_opened_at_the_roaming_rate():
     import struct
     import time
 
-    from vpncrypt.daemon.server import ROAM_RATE
+    from vpncrypt.daemon.budgets import ROAM_RATE
     from vpncrypt.protocol.session import ClientSession, ServerCore
     from vpncrypt.protocol.wire import Drop, Kind
 

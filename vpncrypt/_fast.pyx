@@ -4,8 +4,9 @@ native packet loop (Engine, below).
 
 One extension module, built from this file and the `_fast_*.pxi` files it includes,
 each owning one concern: _fast_siv (AES-SIV, SivContext), _fast_syscalls (C
-declarations, capabilities, socket filter), _fast_constants (protocol and loop
-constants), _fast_window (replay window), _fast_routes (allowed-IPs lookup),
+declarations, capabilities, socket filter), _fast_rules (the protocol
+rules' numbers, generated from protocol/ and daemon/budgets.py), _fast_constants (the
+loop's own sizes and flags), _fast_window (replay window), _fast_routes (allowed-IPs lookup),
 _fast_peers (per-client state, inner addresses), _fast_offload (checksums, TCP
 coalescing), _fast_batch (batch buffers), _fast_send (the TUN -> UDP direction:
 route, seal, batch, send), _fast_receive (the UDP -> TUN direction: receive, open,
@@ -141,6 +142,7 @@ include "_fast_siv.pxi"
 # =============================================================================================
 
 include "_fast_syscalls.pxi"
+include "_fast_rules.pxi"
 include "_fast_constants.pxi"
 include "_fast_window.pxi"
 include "_fast_routes.pxi"

@@ -1,37 +1,10 @@
-# _fast_constants.pxi: The protocol and loop constants the native code compiles in
-# (packet kinds, the replay rules, drop-reason codes, budgets, batch and offload sizes,
-# event kinds).
+# _fast_constants.pxi: the native loop's own constants (batch and buffer sizes, offload
+# flags and sizes, event kinds), which only the native code uses. The protocol rules'
+# numbers (kinds, freshness, window, drop reasons, budgets) are in the generated
+# _fast_rules.pxi, from the Python modules that own them.
 # Included by _fast.pyx, which stays the one extension module (routers pay per .so).
 
-# Protocol constants (protocol/wire.py, protocol/replay.py).
-DEF FROM_SERVER = 0x80
-DEF KIND_DATA = 1
-DEF KIND_KEEPALIVE = 2
-DEF KIND_TIME_REQUEST = 3
-DEF KIND_TIME_RESPONSE = 4
-DEF CLOCK_WINDOW = 128
-DEF STALE_AFTER = 5
-DEF WINDOW = 8192
-DEF WINDOW_WORDS = 128
-DEF MAX_JUMP = 1048576
-# Drop reasons (protocol/wire.py Drop).
-DEF D_NONE = 0
-DEF D_MALFORMED = 1
-DEF D_BAD_TYPE = 2
-DEF D_UNKNOWN_CLIENT = 3
-DEF D_STALE = 4
-DEF D_REPLAY = 5
-DEF D_AUTH = 6
-DEF D_RATE_LIMITED = 9
-DEF D_SPOOFED_SOURCE = 10
-DEF D_NO_ROUTE = 11
-DEF D_BAD_PACKET = 12
-DEF D_UNSYNCED = 13
-DEF N_REASONS = 16
-
 DEF BATCH = 32
-DEF CTL_RATE = 50.0   # keepalives/time-sync packets per second and client handed to Python
-DEF ROAM_RATE = 1000.0  # DATA per second and client opened when not from its endpoint
 DEF SLOT = 65536
 DEF HEADROOM = 16     # room in front of a packet for the TUN's frame prefix
 # Offloads (Engine's `offload` flags), Linux only, each probed by the Python side.
@@ -63,4 +36,4 @@ DEF EV_TOO_BIG = 4     # a TUN packet over the tunnel MTU: Python answers with I
 DEF TOO_BIG_SAMPLE = 1232  # what ICMPv6 "packet too big" can quote within 1280 bytes
 DEF EV_HEADER = 8
 DEF ADDR_MAX = 28
-ROAM_RATE_PER_SECOND = ROAM_RATE  # daemon/server.py's ROAM_RATE must agree (tests pin it)
+ROAM_RATE_PER_SECOND = ROAM_RATE  # what this build compiled in (daemon/budgets.py's, by generation)

@@ -9,7 +9,8 @@ cdef void on_datagram(Engine self, uint8_t *pkt, Py_ssize_t n, const sockaddr_st
                       double mono) noexcept nogil:
     """One received datagram: drop it with a reason, hand it up, or deliver it to the
     TUN (through `co` when the TUN has a virtio header). `out` has HEADROOM bytes in
-    front of where the plaintext goes."""
+    front of where the plaintext goes. The Python loop's twin is daemon/server.py
+    handle_datagram: tests/test_receive_rules.py feeds both one table of decisions."""
     cdef uint8_t addr[16]
     cdef int idx, version, reason, moved
     cdef Py_ssize_t body

@@ -2,7 +2,7 @@
 much of what names it from elsewhere the filter lets through.
 
 A flood of forged or replayed packets naming a client costs the daemon a receive and a
-check per datagram even when its roaming budget (server.ROAM_RATE) spares it the
+check per datagram even when its roaming budget (budgets.ROAM_RATE) spares it the
 crypto. A client that datagrams name from addresses other than its endpoint ("foreign"
 datagrams: DATA and keepalives) faster than twice the budget a second is pinned: the
 socket filter (daemon/sockfilter.py) keeps 1 in `sample` of those, in the kernel, and
@@ -38,7 +38,7 @@ class Pins:
     sample]}."""
 
     def __init__(self, budget: float) -> None:
-        self.budget = budget  # foreign DATA a second the daemon opens (server.ROAM_RATE)
+        self.budget = budget  # foreign DATA a second the daemon opens (budgets.ROAM_RATE)
         self.pin_rate = 2 * budget
         self.pinned: dict[int, list] = {}
         self.last: float | None = None

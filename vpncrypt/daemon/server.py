@@ -11,12 +11,10 @@ from ..protocol.wire import KEEPALIVE_BODY, MIN_PACKET, Drop, Kind
 from .logs import kv, log
 from .routing import AllowedIPs
 from . import fastpath, ippacket, sockfilter
+from .budgets import ROAM_RATE
 from .pinning import PINNED_KINDS, Pins
 from .runtime import BATCH, Counters, Runtime, flatten, format_addr
 
-# DATA a second and client opened when it does not come from the client's endpoint
-# (the native loop's ROAM_RATE): see PeerState.may_open.
-ROAM_RATE = 1000.0
 
 
 @contextlib.contextmanager
@@ -150,7 +148,8 @@ class Server(Runtime):
 
     def handle_datagram(self, data, addr, now: float | None = None) -> None:
         """One datagram through the sans-IO core (all of them in the Python loop; only
-        keepalives and time sync with the native loop)."""
+        keepalives and time sync with the native loop). The native twin is
+        _fast_receive.pxi on_datagram: tests/test_receive_rules.py feeds both one table."""
         core, peers = self.core, self.peers
         now = time.time() if now is None else now
         if len(data) >= MIN_PACKET and data[0] in PINNED_KINDS and self.native is None:
