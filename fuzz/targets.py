@@ -297,7 +297,8 @@ def apply_sabotage(mode: str | None) -> None:
         global NativeWindow
         NativeWindow = Forgetful
     elif mode == "config-leak":  # config echoes every value, key material included
-        config._show = repr
+        for part in (config.sections, config.values):  # each imported errors._show
+            part._show = repr
     elif mode == "config-raise":  # a non-ConfigError escapes
         orig = config.parse
 
@@ -1096,7 +1097,7 @@ def check_config_error(e, path, text) -> None:
 def _inline_key_used(text: str) -> bool:
     """Does any section set `key` (as configparser reads the file)?"""
     text = text.replace("\r\n", "\n").replace("\r", "\n").removeprefix("\ufeff")
-    cp = config._new_parser()
+    cp = config.ini._new_parser()
     try:
         cp.read_string(text)
     except Exception:

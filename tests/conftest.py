@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -41,3 +42,20 @@ from pkgtest import Built, build_wheel  # noqa: E402
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+# --------------------------------------------------------------------------- config tests
+
+
+@pytest.fixture
+def unprivileged_dir():
+    """A directory an unprivileged user may traverse (pytest's tmp_path is 0700 root's)."""
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="vpncrypt-config-test-")
+    os.chmod(path, 0o755)
+    try:
+        yield __import__("pathlib").Path(path)
+    finally:
+        shutil.rmtree(path)

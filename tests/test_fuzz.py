@@ -170,8 +170,9 @@ def test_differential_oracles_bite_in_process(harness, monkeypatch):
 
 
 def test_config_oracles_bite_in_process(harness, monkeypatch):
-    monkeypatch.setattr(config, "_show", repr)  # echo values even when they look like keys
-    monkeypatch.setattr(config, "_redact", lambda text: text)  # and lose the last defence
+    for part in (config.sections, config.values):  # each imported errors._show
+        monkeypatch.setattr(part, "_show", repr)  # echo values even when they look like keys
+    monkeypatch.setattr(config.errors, "_redact", lambda text: text)  # and lose the last defence
     e = _first_failure(harness.TARGETS["config"], harness.seeds("config"))
     assert isinstance(e, harness.OracleFailure) and "key material" in str(e)
     monkeypatch.undo()

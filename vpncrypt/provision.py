@@ -129,7 +129,7 @@ def add_client(config_path: str, name: str, endpoint: str | None = None, *, relo
     path = _fspath(config_path)
     cfg, target, data, text, st = _load(path)
 
-    if not isinstance(name, str) or not configmod._CLIENT_NAME.fullmatch(name):
+    if not isinstance(name, str) or not configmod.sections._CLIENT_NAME.fullmatch(name):
         raise ProvisionError(
             f"{path}: invalid client name {name!r}: use 1-64 letters, digits and _ . - @ + "
             "(starting with a letter or digit)"
@@ -215,7 +215,7 @@ def remove_client(config_path: str, name: str, *, reload=True) -> Removed:
         raise ProvisionError(f"{path}: no [client {name}] section (clients: {known})")
 
     lines = _split_lines(text)
-    ctx = configmod._Context(path, _normalise(text))
+    ctx = configmod.ini._Context(path, _normalise(text))
     first = _find_header(ctx, name)
     later = [n for n in ctx.section_lines.values() if n > first]
     stop = (min(later) - 1) if later else len(lines)  # index of the next header, 0-based
@@ -223,7 +223,7 @@ def remove_client(config_path: str, name: str, *, reload=True) -> Removed:
     end = start + 1  # exclusive
     for index in range(start + 1, stop):
         raw = lines[index].rstrip("\r\n")
-        if raw[: configmod._comment_start(raw)].strip():
+        if raw[: configmod.ini._comment_start(raw)].strip():
             end = index + 1
     while end < stop and not lines[end].strip():
         end += 1
@@ -378,7 +378,7 @@ def _split_lines(text: str) -> list[str]:
 def _find_header(ctx, name) -> int:
     """The 1-based line of the [client NAME] header."""
     for header, line in ctx.section_lines.items():
-        mo = configmod._CLIENT_HEADER.fullmatch(header.strip())
+        mo = configmod.sections._CLIENT_HEADER.fullmatch(header.strip())
         if mo is not None and mo.group("name").strip() == name:
             return line
     raise ProvisionError(f"{ctx.path}: no [client {name}] section")  # parse found it: not reached
@@ -386,11 +386,11 @@ def _find_header(ctx, name) -> int:
 
 def _client_sections(text, path) -> dict:
     """{client name: {key: raw value}} of the [client NAME] sections, in file order."""
-    cp = configmod._new_parser()
+    cp = configmod.ini._new_parser()
     cp.read_string(_normalise(text), source=path)
     out = {}
     for header in cp.sections():
-        mo = configmod._CLIENT_HEADER.fullmatch(header.strip())
+        mo = configmod.sections._CLIENT_HEADER.fullmatch(header.strip())
         if mo is not None:
             out[mo.group("name").strip()] = dict(cp[header])
     return out

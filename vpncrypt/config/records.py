@@ -1,0 +1,93 @@
+"""What a valid configuration file becomes: frozen ServerConfig, ClientConfig and Peer
+records (built by config.sections, read by the daemon)."""
+
+
+class _Record:
+    """A frozen record, as ``@dataclass(frozen=True)`` would make it, without importing
+    dataclasses (it pulls in inspect, ast and dis: about 1 MB resident in the daemon).
+
+    A subclass lists its fields in order in ``_fields`` and trailing defaults in
+    ``_defaults``. Records of the same class are equal (and hash alike) when their
+    fields are; attributes cannot be set or deleted; ``repr()`` never shows ``key``.
+    """
+
+    __slots__ = ()
+    _fields: tuple = ()
+    _defaults: dict = {}
+
+    def __init__(self, *args, **kwargs):
+        cls = type(self).__name__
+        if len(args) > len(self._fields):
+            raise TypeError(f"{cls}() takes {len(self._fields)} arguments, got {len(args)}")
+        values = dict(zip(self._fields, args))
+        for name, value in kwargs.items():
+            if name not in self._fields or name in values:
+                raise TypeError(f"{cls}() got an unexpected or repeated argument {name!r}")
+            values[name] = value
+        for name in self._fields:
+            if name in values:
+                value = values[name]
+            elif name in self._defaults:
+                value = self._defaults[name]
+            else:
+                raise TypeError(f"{cls}() missing argument {name!r}")
+            object.__setattr__(self, name, value)
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"cannot assign to field {name!r}: {type(self).__name__} is frozen")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"cannot delete field {name!r}: {type(self).__name__} is frozen")
+
+    def __eq__(self, other):
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self):
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields
+                          if name != "key")  # key material never reaches a log line
+        return f"{type(self).__name__}({shown})"
+
+    def __reduce__(self):  # copy/pickle: __setattr__ refuses the default way
+        return (type(self), self._values())
+
+
+class Peer(_Record):
+    """A ``[client NAME]`` section of a server config: name, id, key (32 bytes),
+    allowed_ips (a tuple of ipaddress.IPv4Network / IPv6Network)."""
+
+    # slots: a server holds thousands of these
+    __slots__ = _fields = ("name", "id", "key", "allowed_ips")
+
+
+class ServerConfig(_Record):
+    """A server config. listen_host is an IP literal without brackets ('0.0.0.0', '::');
+    addresses a tuple of ipaddress.IPv4Interface / IPv6Interface; mtu None means the path
+    MTU minus the real overhead, decided by the daemon; clients a tuple of Peer in file
+    order; offload: segmentation/checksum offloads in the native loop (Linux);
+    configure_interface False: the daemon sets only the TUN's MTU, and addresses, routes
+    and the link state are someone else's (netifd's `proto vpncrypt` on OpenWrt)."""
+
+    _fields = ("path", "listen_host", "listen_port", "interface", "addresses", "server_id",
+               "mtu", "clients", "user", "state_dir", "offload", "configure_interface")
+    _defaults = {"offload": True, "configure_interface": True}
+    role = "server"
+
+
+class ClientConfig(_Record):
+    """A client config. server_host is a host name or IP literal (brackets stripped);
+    addresses a tuple of ipaddress.IPv4Interface / IPv6Interface; routes a tuple of
+    ipaddress.IPv4Network / IPv6Network; keepalive in seconds, 0 = off."""
+
+    _fields = ("path", "id", "server_host", "server_port", "server_id", "key", "interface",
+               "addresses", "routes", "keepalive", "mtu", "user", "state_dir", "offload",
+               "configure_interface")
+    _defaults = {"offload": True, "configure_interface": True}
+    role = "client"
