@@ -265,38 +265,7 @@ cdef class Engine:
 
     def set_routes(self, list routes):
         """routes: [(version, prefix length, address bytes (4 or 16), peer index)]."""
-        cdef uint32_t size = 16, i
-        cdef int v, k, j, plen
-        cdef Route *slot
-        cdef uint8_t key[16]
-        cdef const uint8_t *a
-        while size < 2 * len(routes) + 2:
-            size *= 2
-        free(self.routes.slots)
-        self.routes.slots = <Route *>malloc(size * sizeof(Route))
-        if self.routes.slots == NULL:
-            raise MemoryError()
-        for i in range(size):
-            self.routes.slots[i].owner = -1
-        self.routes.mask = size - 1
-        self.routes.nlens[0] = self.routes.nlens[1] = 0
-        seen = {4: set(), 6: set()}
-        for version, plen, address, owner in routes:
-            a = address
-            mask_addr(key, a, 4 if version == 4 else 16, plen)
-            i = route_hash(version, plen, key) & self.routes.mask
-            while self.routes.slots[i].owner >= 0 and not (
-                    self.routes.slots[i].version == version and self.routes.slots[i].plen == plen
-                    and memcmp(self.routes.slots[i].addr, key, 16) == 0):
-                i = (i + 1) & self.routes.mask
-            slot = &self.routes.slots[i]
-            slot.owner, slot.version, slot.plen = owner, version, plen
-            memcpy(slot.addr, key, 16)
-            seen[version].add(plen)
-        for v, version in enumerate((4, 6)):
-            for k, plen in enumerate(sorted(seen[version], reverse=True)):
-                self.routes.lens[v][k] = plen
-            self.routes.nlens[v] = len(seen[version])
+        routes_build(&self.routes, routes)
 
     def lookup(self, int version, bytes address):
         """The owner of `address` (4 or 16 bytes), for tests."""
@@ -306,27 +275,7 @@ cdef class Engine:
         """Where to send this peer's packets (the client's server, or a roamed client)."""
         cdef Peer *p = self.peer(idx)
         cdef sockaddr_storage ss
-        cdef socklen_t n = 0
-        cdef sockaddr_in *a4 = <sockaddr_in *>&ss
-        cdef sockaddr_in6 *a6 = <sockaddr_in6 *>&ss
-        cdef bytes h
-        memset(&ss, 0, sizeof(ss))
-        if ":" in host or self.sock_family == AF_INET6:
-            if ":" not in host:
-                host = "::ffff:" + host   # an IPv4 peer on a dual-stack socket
-            h = host.encode()
-            if inet_pton(AF_INET6, h, &a6.sin6_addr) != 1:
-                raise ValueError(f"bad address {host!r}")
-            a6.sin6_family = AF_INET6
-            a6.sin6_port = htons(port)
-            n = sizeof(sockaddr_in6)
-        else:
-            h = host.encode()
-            if inet_pton(AF_INET, h, &a4.sin_addr) != 1:
-                raise ValueError(f"bad address {host!r}")
-            a4.sin_family = AF_INET
-            a4.sin_port = htons(port)
-            n = sizeof(sockaddr_in)
+        cdef socklen_t n = sockaddr_of(host, port, self.sock_family, &ss)
         pthread_mutex_lock(&p.lock)
         memcpy(&p.endpoint, &ss, n)
         p.endpoint_len = n
@@ -459,26 +408,13 @@ cdef class Engine:
             self.events_lost += 1
         free(big)
 
-    cdef int take(self, double *tokens, double *refilled, double rate, double now) noexcept nogil:
-        if refilled[0] == 0:
-            refilled[0] = now
-            tokens[0] = rate
-        tokens[0] += (now - refilled[0]) * rate
-        if tokens[0] > rate:
-            tokens[0] = rate
-        refilled[0] = now
-        if tokens[0] < 1:
-            return 0
-        tokens[0] -= 1
-        return 1
-
     cdef void drop(self, Peer *p, int reason, const void *addr, socklen_t alen,
                    const uint8_t *packet, Py_ssize_t n, double mono) noexcept nogil:
         self.drops[reason] += 1
         if p != NULL:
             p.drops[reason] += 1
         # A sample goes up for the log (and, for AUTH/STALE, the clock-skew diagnosis).
-        if self.take(&self.sample_tokens, &self.sample_refilled, 20.0, mono):
+        if bucket_take(&self.sample_tokens, &self.sample_refilled, 20.0, mono):
             if reason != D_AUTH and reason != D_STALE and reason != D_SPOOFED_SOURCE:
                 n = 0
             self.emit(EV_DROP, reason, p.id if p != NULL else 0, addr, alen, packet, n)
@@ -492,8 +428,6 @@ cdef class Engine:
             if errno != EINTR:
                 return 0
         return 0 if fds[1].revents else 1
-
-    # -- TUN -> UDP ----------------------------------------------------------------------
 
 
 include "_fast_send.pxi"

@@ -58,3 +58,45 @@ cdef inline int inner_destination(const uint8_t *p, Py_ssize_t n, uint8_t *addr)
         memcpy(addr, p + 24, 16)
         return 6
     return 0
+
+
+cdef socklen_t sockaddr_of(str host, int port, int sock_family,
+                           sockaddr_storage *ss) except 0:
+    """The socket address of `host` (a numeric IPv4 or IPv6 address) and `port`, in the
+    form the socket of `sock_family` sends to: an IPv4 peer on a dual-stack (IPv6)
+    socket is a v4-mapped address."""
+    cdef sockaddr_in *a4 = <sockaddr_in *>ss
+    cdef sockaddr_in6 *a6 = <sockaddr_in6 *>ss
+    cdef bytes h
+    memset(ss, 0, sizeof(sockaddr_storage))
+    if ":" in host or sock_family == AF_INET6:
+        if ":" not in host:
+            host = "::ffff:" + host
+        h = host.encode()
+        if inet_pton(AF_INET6, h, &a6.sin6_addr) != 1:
+            raise ValueError(f"bad address {host!r}")
+        a6.sin6_family = AF_INET6
+        a6.sin6_port = htons(port)
+        return sizeof(sockaddr_in6)
+    h = host.encode()
+    if inet_pton(AF_INET, h, &a4.sin_addr) != 1:
+        raise ValueError(f"bad address {host!r}")
+    a4.sin_family = AF_INET
+    a4.sin_port = htons(port)
+    return sizeof(sockaddr_in)
+
+
+cdef int bucket_take(double *tokens, double *refilled, double rate, double now) noexcept nogil:
+    """A token bucket of `rate` a second holding at most `rate`, full on first use: 1 if
+    a token was taken (the per-client budgets, the drop-sample rate)."""
+    if refilled[0] == 0:
+        refilled[0] = now
+        tokens[0] = rate
+    tokens[0] += (now - refilled[0]) * rate
+    if tokens[0] > rate:
+        tokens[0] = rate
+    refilled[0] = now
+    if tokens[0] < 1:
+        return 0
+    tokens[0] -= 1
+    return 1

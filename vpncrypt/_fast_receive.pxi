@@ -45,7 +45,7 @@ cdef void on_datagram(Engine self, uint8_t *pkt, Py_ssize_t n, const sockaddr_st
         # Keepalives and time sync: the sans-IO core decides (budgeted). Per client,
         # so forgeries naming one client cannot starve the others; what is over
         # budget is counted like any drop.
-        if self.take(&p.ctl_tokens, &p.ctl_refilled, CTL_RATE, mono):
+        if bucket_take(&p.ctl_tokens, &p.ctl_refilled, CTL_RATE, mono):
             self.emit(EV_PACKET, 0, cid, src, alen, pkt, n)
         else:
             self.drop(p, D_RATE_LIMITED, src, alen, pkt, 0, mono)
@@ -59,7 +59,7 @@ cdef void on_datagram(Engine self, uint8_t *pkt, Py_ssize_t n, const sockaddr_st
     if reason != D_NONE:
         self.drop(p, reason, src, alen, pkt, n, mono)
         return
-    if moved and not self.take(&p.roam_tokens, &p.roam_refilled, ROAM_RATE, mono):
+    if moved and not bucket_take(&p.roam_tokens, &p.roam_refilled, ROAM_RATE, mono):
         # Opening is what a forgery costs us (a whole AES-SIV pass): from anywhere but
         # the client's current address (or while it has none) only ROAM_RATE a second
         # are tried, so a flood naming a client cannot eat the CPU the real traffic

@@ -69,3 +69,40 @@ cdef void *realloc_or_raise(void *ptr, size_t size) except NULL:
     if p == NULL:
         raise MemoryError()
     return p
+
+
+cdef int routes_build(Routes *r, list routes) except -1:
+    """Replace the table with `routes` (Engine.set_routes: its loops are stopped)."""
+    cdef uint32_t size = 16, i
+    cdef int v, k, j, plen
+    cdef Route *slot
+    cdef uint8_t key[16]
+    cdef const uint8_t *a
+    while size < 2 * len(routes) + 2:
+        size *= 2
+    free(r.slots)
+    r.slots = <Route *>malloc(size * sizeof(Route))
+    if r.slots == NULL:
+        raise MemoryError()
+    for i in range(size):
+        r.slots[i].owner = -1
+    r.mask = size - 1
+    r.nlens[0] = r.nlens[1] = 0
+    seen = {4: set(), 6: set()}
+    for version, plen, address, owner in routes:
+        a = address
+        mask_addr(key, a, 4 if version == 4 else 16, plen)
+        i = route_hash(version, plen, key) & r.mask
+        while r.slots[i].owner >= 0 and not (
+                r.slots[i].version == version and r.slots[i].plen == plen
+                and memcmp(r.slots[i].addr, key, 16) == 0):
+            i = (i + 1) & r.mask
+        slot = &r.slots[i]
+        slot.owner, slot.version, slot.plen = owner, version, plen
+        memcpy(slot.addr, key, 16)
+        seen[version].add(plen)
+    for v, version in enumerate((4, 6)):
+        for k, plen in enumerate(sorted(seen[version], reverse=True)):
+            r.lens[v][k] = plen
+        r.nlens[v] = len(seen[version])
+    return 0

@@ -269,7 +269,7 @@ cdef void tun_loop(Engine self) noexcept nogil:
             if self.mtu and r > self.mtu:
                 # As a router does: "fragmentation needed"/"packet too big" to the
                 # sender, not a silent black hole (the TUN's own MTU was raised).
-                if self.take(&self.big_tokens, &self.big_refilled, 100.0, mono):
+                if bucket_take(&self.big_tokens, &self.big_refilled, 100.0, mono):
                     self.emit(EV_TOO_BIG, 0, p.id, NULL, 0, pkt, min(r, TOO_BIG_SAMPLE))
                 continue
             if r > MAX_DATAGRAM - OVERHEAD:
