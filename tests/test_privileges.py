@@ -7,8 +7,8 @@ about which calls are made; mocks only because FreeBSD is not available.  One te
 (needs root: CI runs as root) makes the FreeBSD path's real setgroups/setgid/setuid
 calls on Linux in a child process and then reloads a configuration as the new user:
 the file-permission rules a reload meets there are POSIX ones, the same on FreeBSD.
-The Linux path (capabilities) is checked for real by test_daemon_units.py and
-test_packaging_systemd.py; here only that its sequence of calls is unchanged.
+The Linux path (capabilities) is checked for real below (test_privilege_drop_system_calls)
+and by test_packaging_systemd.py; elsewhere only that its sequence of calls is unchanged.
 """
 
 from __future__ import annotations
@@ -290,3 +290,41 @@ def test_reload_as_the_switched_user(owned_by_user: bool, change: bool) -> None:
     else:
         assert lines == ["refused", f"error reload failed, keeping the running configuration: "
                                     f"{conf}: permission denied reading the configuration file"]
+
+
+DROP_CHILD = """
+import os, sys
+from vpncrypt.daemon import privileges
+if sys.argv[1] == "ctypes":  # the path taken without the native extension
+    sys.modules["vpncrypt._fast"] = None
+import pwd
+privileges.drop(pwd.getpwnam("nobody"))
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(status["Uid"].split()[0], int(status["CapEff"], 16), int(status["CapPrm"], 16),
+      "ctypes" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("path", ["native", "ctypes"])
+def test_privilege_drop_system_calls(path):
+    """prctl/capset through the extension (no ctypes in the daemon) and through ctypes
+    (no extension): the same uid and capabilities either way. Needs root: in CI, fails
+    rather than skips without it."""
+    import pwd
+    import subprocess
+    import sys
+
+    from netns import python_env
+    from vpncrypt.daemon import privileges
+
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("needs root to drop privileges (CI runs as root)")
+        pytest.skip("needs root")
+    out = subprocess.run([sys.executable, "-c", DROP_CHILD, path], capture_output=True,
+                         text=True, env=python_env(), timeout=60)
+    assert out.returncode == 0, out.stderr
+    uid, eff, prm, loaded_ctypes = out.stdout.split()
+    kept = sum(1 << cap for cap in privileges.KEPT)
+    assert (int(uid), int(eff), int(prm)) == (pwd.getpwnam("nobody").pw_uid, kept, kept)
+    assert loaded_ctypes == ("True" if path == "ctypes" else "False")
