@@ -18,7 +18,7 @@ import types
 import pytest
 
 from cryptopaths import context_class
-from test_engine import LoopbackEngines, _ipv4, _ipv6
+from loopengines import LoopbackEngines, _ipv4, _ipv6
 from vpncrypt.protocol.session import ClientSession
 from vpncrypt.protocol.wire import Drop, Kind
 
