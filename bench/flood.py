@@ -64,16 +64,13 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests"))
-sys.path.insert(0, REPO)
+# harness first: it puts tests/ (hostile, vpnharness) and the checkout on sys.path
+from harness import Hosts, cpu_seconds, log, proc_status, wait_or_kill, write_json
+from hostile import (FLOOD_SERVER, Flooder, capture_client_packets, delta, drops,
+                     filter_drops, flood_result, link_stats, udp_snmp)
+from vpnharness import PORT, SERVER_TUN4, Deployment, transfer
 
-from hostile import (FLOOD_SERVER, Flooder, capture_client_packets, delta, drops,  # noqa: E402
-                     filter_drops, flood_result, link_stats, udp_snmp, vmrss_kb)
-from netns import Netns  # noqa: E402
-from vpnharness import PORT, SERVER_TUN4, Deployment, transfer  # noqa: E402
-
-from vpncrypt.protocol.keys import generate_key  # noqa: E402
+from vpncrypt.protocol.keys import generate_key
 
 GHOST_ID = 2
 
@@ -91,33 +88,13 @@ def iperf(vpn, seconds: float) -> float:
             raise RuntimeError(f"iperf3: {doc['error']}")
         return doc["end"]["sum_received"]["bits_per_second"] / 1e6
     finally:
-        try:
-            srv.wait(10)
-        except subprocess.TimeoutExpired:
-            srv.kill()
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def vmhwm_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"^VmHWM:\s+(\d+) kB", f.read(), re.M).group(1))
+        wait_or_kill(srv)
 
 
 def run(loop: str, seconds: float, workdir: str, sockfilter: bool = True,
         pin_flooder: str | None = None, daemon_env: dict | None = None,
         rx_cpus: set | None = None) -> dict:
-    hosts = []
-
-    def make():
-        host = Netns()
-        hosts.append(host)
-        return host
-
+    make = Hosts()
     tmp = tempfile.mkdtemp(prefix=f"flood-{loop}-", dir=workdir)
     try:
         vpn = Deployment(make, tmp, keepalive=25, loop=loop)
@@ -148,7 +125,7 @@ def run(loop: str, seconds: float, workdir: str, sockfilter: bool = True,
         unflooded = iperf(vpn, max(5, seconds / 2))
         before = vpn.server.stats()
         snmp0, link0 = udp_snmp(vpn.server_host), link_stats(vpn.server_host, flooder.server_if)
-        rss0, cpu0 = vmrss_kb(pid), cpu_seconds(pid)
+        rss0, cpu0 = proc_status(pid, ("VmRSS",))["VmRSS"], cpu_seconds(pid)
         flooder.start_capture(os.path.join(tmp, "to-flooder.pcap"))
         flood = flooder.flood(tmp, FLOOD_SERVER, PORT, seconds=seconds, max_packets=10**9,
                               client_ids=[1, GHOST_ID], replays=replays, background=True,
@@ -162,7 +139,8 @@ def run(loop: str, seconds: float, workdir: str, sockfilter: bool = True,
         after = vpn.server.stats()
         snmp = delta(udp_snmp(vpn.server_host), snmp0)
         link = delta(link_stats(vpn.server_host, flooder.server_if), link0)
-        rss1, hwm = vmrss_kb(pid), vmhwm_kb(pid)
+        status = proc_status(pid, ("VmRSS", "VmHWM"))
+        rss1, hwm = status["VmRSS"], status["VmHWM"]
         alive = vpn.server.proc.poll() is None
         legit_rx = (int(after["peers"].get("c1", {}).get("rx_packets", 0))
                     - int(before["peers"].get("c1", {}).get("rx_packets", 0)))
@@ -188,8 +166,7 @@ def run(loop: str, seconds: float, workdir: str, sockfilter: bool = True,
             "to_flooder_captured": to_flooder, "to_flooder_received": report["received"],
         }
     finally:
-        for host in reversed(hosts):
-            host.close()
+        make.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -300,9 +277,9 @@ def main() -> None:
                         daemon_env=env, rx_cpus=cpus if args.steer_rx else None)
                 r["round"] = i + 1
                 results.append(r)
-                print(f"  round {i + 1}: {label(r)}: {r['unflooded_mbit']} -> "
-                      f"{r['flooded_mbit']} Mbit/s ({r['ratio']:.0%}), flood "
-                      f"{r['flood_rate']:,}/s", file=sys.stderr, flush=True)
+                log(f"  round {i + 1}: {label(r)}: {r['unflooded_mbit']} -> "
+                    f"{r['flooded_mbit']} Mbit/s ({r['ratio']:.0%}), flood "
+                    f"{r['flood_rate']:,}/s", stamp=False)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     groups: dict = {}
@@ -325,8 +302,7 @@ def main() -> None:
           "random bytes with a type byte a server never receives or an id it does not have, "
           "unknown ids)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(args.json, results, indent=2)
 
 
 if __name__ == "__main__":

@@ -76,20 +76,16 @@ import threading
 import time
 import tracemalloc
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(BENCH)
-TESTS = os.path.join(REPO, "tests")
-OUT = os.path.join(BENCH, "out")
-for p in (REPO, TESTS):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+# harness first: it puts tests/ (netns) and the checkout on sys.path
+from harness import (OUT, ROOT, cpu_seconds, daemon_pid, fd_count, log, proc_status,
+                     require_netns, vpncrypt_show, write_json)
 
-from vpncrypt.protocol.keys import generate_key  # noqa: E402
+from vpncrypt.protocol.keys import generate_key
 
+REPO = str(ROOT)  # a str: compared with code objects' file names
 VENV_BIN = os.path.dirname(sys.executable)
 VPNCRYPTD = os.path.join(VENV_BIN, "vpncryptd")
 PORT = 51900
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
 START_GOAL = 2.0  # seconds
 
@@ -134,45 +130,12 @@ def median_time(fn, runs: int) -> tuple[float, list[float]]:
 
 # --------------------------------------------------------------------------- /proc
 
-
-def proc_status(pid: int) -> dict:
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Threads", "Uid"):
-                out[key] = int(value.split()[0]) * (1024 if key.startswith(("Vm", "Rss")) else 1)
-    return out
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-
-def children_cpu_seconds(pid: int) -> float:
-    """CPU of the waited-for children (the short-lived netlink helper): cutime + cstime."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[13]) + int(fields[14])) / CLK_TCK
-
-
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+STATUS_KEYS = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Threads", "Uid")
 
 
 def loadavg() -> list[float]:
     with open("/proc/loadavg") as f:
         return [float(x) for x in f.read().split()[:3]]
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 # --------------------------------------------------------------------------- a daemon
@@ -232,13 +195,7 @@ class LoggedDaemon:
     def pid(self) -> int:
         """The vpncryptd process (the `ip netns exec` wrapper execs it, but check)."""
         if self._pid is None:
-            candidates = [self.proc.pid] + self.host.pids()
-            for pid in candidates:
-                if "vpncryptd" in cmdline(pid) and "netns" not in cmdline(pid).split()[:3]:
-                    self._pid = pid
-                    break
-            else:
-                raise RuntimeError(f"no vpncryptd process among {candidates}")
+            self._pid, _ = daemon_pid(self)
         return self._pid
 
     def stop(self, timeout: float = 30.0) -> tuple[int | None, float]:
@@ -266,13 +223,9 @@ def daemon_env(loop: str, pycache: str | None, extra: dict | None = None) -> dic
 
 def show_json(state_dir: str) -> tuple[float, list, int]:
     t = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "vpncrypt.cli.vpncrypt", "show", "--state-dir",
-                           state_dir, "--json"], capture_output=True, text=True, timeout=60,
-                          cwd=REPO, env=daemon_env("native", None))
+    out = vpncrypt_show(state_dir, env=daemon_env("native", None))
     elapsed = time.monotonic() - t
-    if proc.returncode != 0:
-        raise RuntimeError(f"vpncrypt show failed: {proc.stderr.strip()}")
-    return elapsed, json.loads(proc.stdout), len(proc.stdout)
+    return elapsed, json.loads(out), len(out)
 
 
 # --------------------------------------------------------------------------- activation
@@ -335,11 +288,11 @@ def run_once(conf: str, state_dir: str, loop: str, pycache: str | None, args, n:
         try:
             started, line, _ = d.wait_line(r"server started", timeout=120)
             cpu_at_start = cpu_seconds(d.pid)
-            child_cpu = children_cpu_seconds(d.pid)
+            child_cpu = cpu_seconds(d.pid, children=True)
             assert f"{n} clients" in line, line
             assert f"{'native' if loop == 'native' else 'Python'} loop" in line, line
             time.sleep(args.settle)
-            status = proc_status(d.pid)
+            status = proc_status(d.pid, STATUS_KEYS, in_bytes=True)
             cpu0 = cpu_seconds(d.pid)
             time.sleep(args.idle)
             idle_cpu = (cpu_seconds(d.pid) - cpu0) / args.idle * 100 if args.idle else 0.0
@@ -359,7 +312,7 @@ def run_once(conf: str, state_dir: str, loop: str, pycache: str | None, args, n:
                                 timeout=120 + n / args.activate_rate, env=daemon_env(loop, pycache))
                 result = json.loads(proc.stdout.strip().splitlines()[-1])
                 time.sleep(args.settle)
-                status = proc_status(d.pid)
+                status = proc_status(d.pid, STATUS_KEYS, in_bytes=True)
                 connected = d.count(r"\bconnected client=")
                 run.update(activated=result, connected_logged=connected,
                            rss_active=status["VmRSS"], hwm_active=status["VmHWM"])
@@ -377,11 +330,7 @@ def run_once(conf: str, state_dir: str, loop: str, pycache: str | None, args, n:
 
 
 def part1(args, tmp: str) -> dict:
-    from netns import _unavailable_reason
-
-    reason = _unavailable_reason()
-    if reason:
-        raise SystemExit(f"many_clients: network namespaces unavailable: {reason}")
+    require_netns("many_clients: network namespaces unavailable")
     keys = [generate_key() for _ in range(args.clients)]
     confs = {}
     for n in (1, args.clients):
@@ -410,11 +359,10 @@ def part1(args, tmp: str) -> dict:
             for r in range(args.runs):
                 run = run_once(conf, state, loop, pycache, args, n, with_show=(r == 0))
                 runs.append(run)
-                print(f"  [{loop} {n} clients run {r + 1}] start {run['start_s']:.3f} s, "
-                      f"cpu {run['cpu_at_start_s']:.2f} s, rss {run['rss'] / MIB:.1f} MiB, "
-                      f"active rss {run.get('rss_active', 0) / MIB:.1f} MiB, "
-                      f"idle cpu {run['idle_cpu_pct']:.1f}%, load {loadavg()[0]:.2f}",
-                      file=sys.stderr, flush=True)
+                log(f"  [{loop} {n} clients run {r + 1}] start {run['start_s']:.3f} s, "
+                    f"cpu {run['cpu_at_start_s']:.2f} s, rss {run['rss'] / MIB:.1f} MiB, "
+                    f"active rss {run.get('rss_active', 0) / MIB:.1f} MiB, "
+                    f"idle cpu {run['idle_cpu_pct']:.1f}%, load {loadavg()[0]:.2f}", stamp=False)
             row = {"loop": loop, "clients": n, "runs": runs}
             for key in ("start_s", "cpu_at_start_s", "child_cpu_s", "rss", "hwm", "rss_anon",
                         "idle_cpu_pct",
@@ -931,9 +879,7 @@ def main() -> None:
         md.append(f"Load average before/after: {doc['loadavg_before'][0]:.2f} / "
                   f"{doc['loadavg_after'][0]:.2f} on {os.cpu_count()} CPUs.")
         print("\n\n".join(md))
-        os.makedirs(os.path.dirname(args.json), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1, default=str)
+        write_json(args.json, doc)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -50,7 +50,6 @@ Output: Markdown on stdout and bench/out/memory.json.
 """
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -65,10 +64,10 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-TESTS = ROOT / "tests"
-OUT = HERE / "out"
+# harness first: it puts tests/ (netns, vpnharness) and the checkout on sys.path
+from harness import (OUT, ROOT, Hosts, cpu_model, daemon_pid, proc_cmdline, proc_status,
+                     require_netns, utc_date, wait_listening, wait_or_kill, write_json)
+
 MB = 1024.0  # /proc reports kB; the tables show MiB ("MB") like `ps`/`top`
 
 STATUS_KEYS = ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem", "Threads")
@@ -83,15 +82,11 @@ GOAL_MB = 16
 
 # -- /proc helpers --------------------------------------------------------------------------
 
-def proc_status(pid):
-    """The memory fields of /proc/PID/status in kB (Threads as a count), or None if gone."""
-    out = {}
+def memory_status(pid):
+    """The memory fields of /proc/PID/status and smaps_rollup in kB (Threads as a count),
+    or None if gone."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in STATUS_KEYS:
-                    out[key] = int(value.split()[0])
+        out = proc_status(pid, STATUS_KEYS)
     except (FileNotFoundError, ProcessLookupError):
         return None
     out.update(rollup(f"/proc/{pid}/smaps_rollup"))
@@ -133,36 +128,6 @@ def mappings(pid, floor_kb=64):
         return []
     rows = sorted(agg.items(), key=lambda kv: -kv[1][0])
     return [{"mapping": k, "Rss": r, "Anonymous": a} for k, (r, a) in rows if r >= floor_kb]
-
-
-def proc_cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
-
-
-def proc_children(pid):
-    """Direct children, from /proc/PID/task/*/children (needs CONFIG_PROC_CHILDREN) or a scan."""
-    kids = set()
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                kids.update(int(p) for p in f.read().split())
-        return sorted(kids)
-    except OSError:
-        pass
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    kids.add(int(entry))
-            except (OSError, ValueError, IndexError):
-                pass
-    return sorted(kids)
 
 
 def mb(kb):
@@ -258,51 +223,14 @@ def warm_bytecode(python):
 
 # -- part 1: the deployment -----------------------------------------------------------------
 
-def daemon_pid(daemon):
-    """The pid of the python process running vpncryptd for this harness Daemon.
-
-    `Daemon.proc` is the Popen of `ip netns exec NS python -m vpncrypt.cli.vpncryptd`;
-    iproute2 usually exec()s in place (same pid), but a forking `ip` would leave the python
-    as its child. Walk the wrapper and its descendants; accept only a process in the
-    namespace (`ip netns pids`) whose command line is the daemon's.
-    """
-    in_ns = set(daemon.host.pids())
-    todo, seen = [daemon.proc.pid], []
-    while todo:
-        pid = todo.pop(0)
-        seen.append(pid)
-        argv = proc_cmdline(pid)
-        exe = os.path.basename(os.path.realpath(f"/proc/{pid}/exe")) if argv else ""
-        script = "vpncrypt.cli.vpncryptd" in argv or any(
-            a.endswith("/bin/vpncryptd") for a in argv[:2])
-        if pid in in_ns and "python" in exe and script and argv[0] != "ip":
-            return pid, pid != daemon.proc.pid
-        todo.extend(proc_children(pid))
-    raise RuntimeError(f"no vpncryptd python process under {daemon.proc.pid} (saw {seen})")
-
-
-def wait_listening(host, port, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = host.run(["ss", "-Hltn", f"sport = :{port}"], check=False).stdout
-        if out.strip():
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port} in {host.name}")
-
-
 def run_deployment(args, python, command=None):
     """Start the deployment, move data for args.seconds, return the measurements.
     command: argv of an installed vpncryptd (--install wheel), None: this checkout."""
-    sys.path[:0] = [str(TESTS), str(ROOT)]
-    import netns  # noqa: E402  (tests/ helpers: need root + netns)
-    import vpnharness  # noqa: E402
+    import vpnharness  # tests/ helpers (need root + netns; tests/netns.py imports pytest)
 
-    reason = netns._unavailable_reason()
-    if reason:
-        raise SystemExit(f"memory.py: cannot run the deployment: {reason}")
+    require_netns("memory.py: cannot run the deployment")
     tmp = tempfile.mkdtemp(prefix="vpncrypt-mem-")
-    hosts = []
+    make_host = Hosts()
     result = {"tmp": tmp}
     try:
         if command is None:
@@ -312,12 +240,6 @@ def run_deployment(args, python, command=None):
         else:  # pip compiled the package's byte code into site-packages at install
             apply_env({"PYTHONPYCACHEPREFIX": None})
         os.environ["VPNCRYPT_CRYPTO"] = args.crypto  # aead.select() honours it
-
-        def make_host():
-            host = netns.Netns()
-            hosts.append(host)
-            return host
-
         dep = vpnharness.Deployment(make_host, tmp, command=command)
         t0 = time.monotonic()
         dep.start()
@@ -334,7 +256,7 @@ def run_deployment(args, python, command=None):
                                      "ip_netns_exec_forked": forked,
                                      "cmdline": proc_cmdline(pid)}
         time.sleep(1.0)
-        result["idle"] = {n: proc_status(p) for n, p in pids.items()}
+        result["idle"] = {n: memory_status(p) for n, p in pids.items()}
 
         samples = []
         transfer = {}
@@ -342,13 +264,14 @@ def run_deployment(args, python, command=None):
 
         def sample():
             samples.append({"t": round(time.monotonic() - t_start, 2),
-                            **{n: proc_status(p) for n, p in pids.items()}})
+                            **{n: memory_status(p) for n, p in pids.items()}})
 
         if shutil.which("iperf3"):
             transfer["tool"] = "iperf3 --bidir"
             srv = dep.server_host.popen(["iperf3", "-s", "-1", "-p", "5201"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wait_listening(dep.server_host, 5201)
+            if not wait_listening(dep.server_host, 5201):
+                raise RuntimeError(f"nothing listens on port 5201 in {dep.server_host.name}")
             cli = dep.client_host(1).popen(
                 ["iperf3", "-c", vpnharness.SERVER_TUN4, "-p", "5201", "-t", str(args.seconds),
                  "--bidir", "-J"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -371,10 +294,7 @@ def run_deployment(args, python, command=None):
                     transfer["error"] = report["error"]
             except ValueError:
                 transfer["error"] = (err or out).strip()[-500:]
-            try:
-                srv.wait(10)
-            except subprocess.TimeoutExpired:
-                srv.kill()
+            wait_or_kill(srv)
         else:
             transfer["tool"] = "tests/tcpxfer.py (client -> server), stopped after --seconds"
             recv = vpnharness.start_receiver(dep.server_host)
@@ -390,10 +310,10 @@ def run_deployment(args, python, command=None):
             transfer["seconds"] = round(time.monotonic() - t_start, 1)
         sample()
         result["transfer"] = transfer
-        result["end"] = {n: proc_status(p) for n, p in pids.items()}
+        result["end"] = {n: memory_status(p) for n, p in pids.items()}
         result["end_mappings"] = {n: mappings(p) for n, p in pids.items()}
         time.sleep(2.0)
-        result["after_idle_2s"] = {n: proc_status(p) for n, p in pids.items()}
+        result["after_idle_2s"] = {n: memory_status(p) for n, p in pids.items()}
         result["samples"] = samples
         # Counters last, best effort (SIGUSR1; the memory figures are all taken already).
         stats = {}
@@ -409,8 +329,7 @@ def run_deployment(args, python, command=None):
         for name, d in (("server", server), ("client", client)):
             result[f"{name}_log_tail"] = d.text()[-2000:]
     finally:
-        for host in hosts:
-            host.close()
+        make_host.close()
         shutil.rmtree(tmp, ignore_errors=True)
         os.environ.pop("VPNCRYPT_CRYPTO", None)
     return result
@@ -679,8 +598,7 @@ def status_of(text):
 
 
 def make_audit_config(tmp):
-    sys.path.insert(0, str(ROOT))
-    from vpncrypt.protocol.keys import generate_key
+    from vpncrypt.protocol.keys import generate_key  # the checkout's (harness's sys.path)
 
     path = os.path.join(tmp, "server.conf")
     with open(path, "w") as f:
@@ -931,17 +849,6 @@ def audit(args, python, tmp):
 
 # -- report ---------------------------------------------------------------------------------
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def mem_total():
     with open("/proc/meminfo") as f:
         for line in f:
@@ -954,7 +861,7 @@ def machine_info(python):
     version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
                              capture_output=True, text=True).stdout.strip()
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_date(),
         "python": f"{platform.python_implementation()} {version} ({python})",
         "machine": f"{platform.machine()}, {cpu_model()}, {os.cpu_count()} CPUs, {mem_total()}",
         "kernel": platform.release(),
@@ -1158,10 +1065,8 @@ def main(argv=None):
         print_audit(report["audit"])
 
     signal.alarm(0)
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1, default=str) + "\n")
-    print(f"(written: {path})")
+    write_json(args.json, report, end="\n")
+    print(f"(written: {Path(args.json)})")
 
 
 if __name__ == "__main__":

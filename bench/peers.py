@@ -74,7 +74,6 @@ processes are removed at the end, also on errors, Ctrl-C and SIGTERM.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -89,19 +88,16 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-TESTS = ROOT / "tests"
-OUT = HERE / "out"
+# harness first: it puts tests/ (netns) and the checkout on sys.path
+from harness import (BENCH, CLK_TCK, OUT, ROOT, cpu_model, cpu_ticks, is_vpncryptd, log,
+                     proc_cmdline, proc_status, read_stat, utc_date, wait_listening, write_json)
+import netns  # tests/netns.py: Netns, link; its atexit hook also cleans up
+
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() \
     else sys.executable
 
-sys.path[:0] = [str(TESTS)]
-import netns  # noqa: E402  (tests/netns.py: Netns, link; its atexit hook also cleans up)
-
 UNDERLAY_A, UNDERLAY_B = "10.200.0.1", "10.200.0.2"
 IPERF_PORT = 5201
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 CORE_A, CORE_B = "0", "1"
 TESTS_ORDER = ("tcp_fwd", "tcp_rev", "tcp_p4", "udp64")
 TEST_ARGS = {
@@ -115,22 +111,16 @@ FAMILIES = {"vpncrypt": ("vpncrypt", "vpncrypt-nooffload", "vpncrypt-python"),
 TAG = f"{os.getpid() % 100000}"  # keeps names that live outside the namespaces unique
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 class SetupError(RuntimeError):
     pass
 
 
 # -- /proc ----------------------------------------------------------------------------------
 
-def proc_ticks(path: str) -> int | None:
-    """utime + stime (clock ticks) from a /proc/.../stat file, or None if gone."""
+def daemon_ticks(pid: int) -> int | None:
+    """utime + stime (clock ticks) of pid, or None if gone."""
     try:
-        with open(path) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5)
+        return cpu_ticks(pid)
     except (OSError, IndexError, ValueError):
         return None
 
@@ -148,8 +138,7 @@ def thread_split(pid: int) -> dict[int, tuple[int, int]]:
         return out
     for tid in tids:
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+            fields = read_stat(f"/proc/{pid}/task/{tid}/stat")[1]
             out[int(tid)] = (int(fields[11]), int(fields[12]))
         except (OSError, IndexError, ValueError):
             continue
@@ -188,12 +177,9 @@ def all_ticks() -> dict[int, tuple[int, int, int, str]]:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                text = f.read()
+            comm, fields = read_stat(f"/proc/{entry}/stat")
         except OSError:
             continue
-        comm = text[text.find("(") + 1:text.rfind(")")]
-        fields = text.rsplit(")", 1)[1].split()
         try:
             out[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]),
                                int(fields[13]) + int(fields[14]), comm)
@@ -230,27 +216,6 @@ def foreign_cpu(before, after, ours: set[int], wall: float) -> dict:
     return {"foreign_pct": pct(foreign + reaped), "foreign_alive_pct": pct(foreign),
             "foreign_reaped_pct": pct(reaped), "kthreads_pct": pct(kthreads),
             "foreign_top": {k: pct(v) for k, v in busiest}}
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in ("VmHWM", "VmRSS", "Threads"):
-                    out[key] = int(value.split()[0])
-    except OSError:
-        pass
-    return out
-
-
-def proc_cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
 
 
 def proc_exe(pid: int) -> str:
@@ -527,9 +492,7 @@ class Vpncrypt(System):
                 raise SetupError(f"{self.key}: expected /{self.expect_log}/ in: {line}")
 
     def daemon_filter(self, pid: int) -> bool:
-        argv = proc_cmdline(pid)
-        return "vpncrypt.cli.vpncryptd" in argv or any(a.endswith("/bin/vpncryptd")
-                                                        for a in argv[:2])
+        return is_vpncryptd(proc_cmdline(pid))
 
 
 class VpncryptNoOffload(Vpncrypt):
@@ -770,8 +733,8 @@ class Bench:
         """--install wheel: vpncrypt as users run it, like the peers' packaged binaries:
         this checkout's wheel pip-installed into a fresh venv (bench/memory.py builds it),
         its `vpncryptd` script started without the checkout on the path."""
-        sys.path.insert(0, str(HERE))
-        import memory  # noqa: E402  (bench/memory.py)
+        sys.path.insert(0, str(BENCH))
+        import memory  # bench/memory.py
 
         python, self.vpncryptd = memory.install_wheel(os.path.join(self.tmp, "install"))
         self.installed_env = {k: v for k, v in self.py_env.items()
@@ -805,13 +768,8 @@ class Bench:
         self.iperf_server = self.a.popen(["taskset", "-c", CORE_A, "iperf3", "-s", "-p",
                                           str(IPERF_PORT)], stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            out = self.a.run(["ss", "-Hltn", f"sport = :{IPERF_PORT}"], check=False).stdout
-            if out.strip():
-                return
-            time.sleep(0.05)
-        raise SetupError("iperf3 server did not start")
+        if not wait_listening(self.a, IPERF_PORT, timeout=10):
+            raise SetupError("iperf3 server did not start")
 
     def stop_iperf_server(self) -> None:
         if self.iperf_server is not None:
@@ -863,7 +821,7 @@ class Bench:
         secs = self.args.seconds
         argv = ["taskset", "-c", CORE_B, "iperf3", "-c", target, "-p", str(IPERF_PORT),
                 "-t", str(secs), "-J", "--connect-timeout", "5000", *TEST_ARGS[test]]
-        before_p = {s: proc_ticks(f"/proc/{p}/stat") for s, p in pids.items()}
+        before_p = {s: daemon_ticks(p) for s, p in pids.items()}
         before_t = {s: thread_split(p) for s, p in pids.items()}
         before_c = cpu_times()
         before_all = all_ticks()
@@ -877,7 +835,7 @@ class Bench:
         after_c = cpu_times()
         after_all = all_ticks()
         ours = set(self.a.pids()) | set(self.b.pids()) | {os.getpid()}
-        after_p = {s: proc_ticks(f"/proc/{p}/stat") for s, p in pids.items()}
+        after_p = {s: daemon_ticks(p) for s, p in pids.items()}
         after_t = {s: thread_split(p) for s, p in pids.items()}
         res: dict = {"test": test, "wall_s": round(wall, 2), "cpu": cpu_busy(before_c, after_c),
                      **foreign_cpu(before_all, after_all, ours, wall)}
@@ -1021,7 +979,12 @@ class Bench:
                 results[test] = res
                 time.sleep(1)
             if pids:
-                rnd["status"] = {s: proc_status(p) for s, p in pids.items()}
+                rnd["status"] = {}
+                for s, p in pids.items():
+                    try:
+                        rnd["status"][s] = proc_status(p)
+                    except OSError:  # gone: noted just below
+                        rnd["status"][s] = {}
                 peak = rec.setdefault("peak_rss_mb", {})
                 for s, v in rnd["status"].items():
                     peak[s] = max(peak.get(s, 0), round(v.get("VmHWM", 0) / 1024, 1))
@@ -1123,14 +1086,8 @@ def fmt(v, scale=1.0, digits=0):
 
 
 def machine_info() -> dict:
-    cpu = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "kernel": platform.release(), "cpu": f"{cpu}, {os.cpu_count()} CPUs",
+    return {"date": utc_date(),
+            "kernel": platform.release(), "cpu": f"{cpu_model()}, {os.cpu_count()} CPUs",
             "host": socket.gethostname(),
             "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
             "iperf3": version_of(["iperf3", "--version"], r"iperf [\d.]+"),
@@ -1414,10 +1371,8 @@ def main(argv=None) -> int:
     if interrupted:
         meta["interrupted"] = interrupted
     rat = ratios(records)
-    OUT.mkdir(exist_ok=True)
     doc = {"meta": meta, "systems": records, "ratios": rat}
-    with open(args.json, "w") as f:
-        json.dump(doc, f, indent=1)
+    write_json(args.json, doc)
     text = report(meta, records, rat)
     print(text)
     png = Path(args.json).with_suffix(".png")

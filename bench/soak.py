@@ -49,15 +49,10 @@ import tempfile
 import threading
 import time
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(BENCH)
-TESTS = os.path.join(REPO, "tests")
-OUT = os.path.join(BENCH, "out")
-for p in (REPO, TESTS):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+# harness first: it puts tests/ (netns, vpnharness) and the checkout on sys.path
+from harness import (OUT, Hosts, cpu_seconds, daemon_pid, fd_count, log, proc_status,
+                     require_netns, vpncrypt_show, write_json)
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
 CLIENTS = 3
 EXPLAINED = {
@@ -165,43 +160,8 @@ class Stream(threading.Thread):
 # --------------------------------------------------------------------------- sampling
 
 
-def proc_status(pid: int) -> dict:
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "Threads"):
-                out[key] = int(value.split()[0]) * (1024 if key.startswith("Vm") else 1)
-    return out
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def daemon_pid(daemon) -> int:
-    """The vpncryptd process (`ip netns exec` execs it; checked by its command line)."""
-    for pid in [daemon.proc.pid, *daemon.host.pids()]:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"vpncrypt.cli.vpncryptd" in f.read():
-                    return pid
-        except OSError:
-            pass
-    raise RuntimeError(f"no vpncryptd process in {daemon.host.name}")
-
-
 def show(state_dir: str) -> dict:
-    from netns import python_env
-
-    proc = subprocess.run([sys.executable, "-m", "vpncrypt.cli.vpncrypt", "show", "--state-dir",
-                           state_dir, "--json"], capture_output=True, text=True, timeout=30,
-                          env=python_env(), cwd=REPO)
-    if proc.returncode != 0:
-        raise RuntimeError(f"vpncrypt show --state-dir {state_dir}: {proc.stderr.strip()}")
-    [doc] = json.loads(proc.stdout)
+    [doc] = json.loads(vpncrypt_show(state_dir, timeout=30))
     return doc
 
 
@@ -211,9 +171,9 @@ def sample(t0: float, daemons: dict) -> dict:
         entry = {"alive": d.proc.poll() is None}
         if entry["alive"]:
             try:
-                st = proc_status(pid)
+                st = proc_status(pid, in_bytes=True)
                 entry.update(rss=st["VmRSS"], hwm=st["VmHWM"], threads=st["Threads"],
-                             fds=len(os.listdir(f"/proc/{pid}/fd")), cpu=cpu_seconds(pid))
+                             fds=fd_count(pid), cpu=cpu_seconds(pid))
                 doc = show(state_dir)
                 entry.update(drops=doc["totals"]["drops"],
                              rx_bytes=doc["totals"]["rx_bytes"], tx_bytes=doc["totals"]["tx_bytes"])
@@ -329,8 +289,7 @@ def main() -> int:
         samples = doc["series"]
         doc["report"] = analyse(samples, list(samples[0]["daemons"]), doc.get("traffic_t0", 0.0),
                                 doc["args"]["minutes"] * 60)
-        with open(args.reanalyse, "w") as f:
-            json.dump(doc, f, indent=1)
+        write_json(args.reanalyse, doc)
         print(render(doc))
         return 0
     if args.xfer:
@@ -341,30 +300,21 @@ def main() -> int:
             xfer_send(host, int(port), int(size), int(seed), float(mbit))
         return 0
 
-    from netns import Netns, _unavailable_reason
     from vpnharness import SERVER_TUN4, Deployment, client_tun4
 
-    reason = _unavailable_reason()
-    if reason:
-        raise SystemExit(f"soak: network namespaces unavailable: {reason}")
+    require_netns("soak: network namespaces unavailable")
     load0 = os.getloadavg()
-    hosts: list[Netns] = []
-
-    def make_host() -> Netns:
-        host = Netns()
-        hosts.append(host)
-        return host
-
+    make_host = Hosts()
     tmp = tempfile.mkdtemp(prefix="vpncrypt-soak-")
     streams: list[Stream] = []
     try:
         vpn = Deployment(make_host, tmp, clients=CLIENTS, loop=args.loop).start()
         for i in range(1, CLIENTS + 1):
             vpn.wait_ping(vpn.client_host(i), SERVER_TUN4)
-        daemons = {"server": (vpn.server, daemon_pid(vpn.server), vpn.state_dir("server"))}
+        daemons = {"server": (vpn.server, daemon_pid(vpn.server)[0], vpn.state_dir("server"))}
         for i in range(1, CLIENTS + 1):
             d = vpn.clients[i - 1]
-            daemons[f"client{i}"] = (d, daemon_pid(d), vpn.state_dir(f"client{i}"))
+            daemons[f"client{i}"] = (d, daemon_pid(d)[0], vpn.state_dir(f"client{i}"))
         duration = args.minutes * 60
         t0 = time.monotonic()
         samples = [sample(t0, daemons)]
@@ -384,10 +334,10 @@ def main() -> int:
             if time.monotonic() >= next_sample:
                 samples.append(sample(t0, daemons))
                 next_sample += args.interval
-                print(f"  [{samples[-1]['t']:.0f} s] " + ", ".join(
+                log(f"  [{samples[-1]['t']:.0f} s] " + ", ".join(
                     f"{n} {e.get('rss', 0) / MIB:.1f} MiB/{e.get('fds', '?')} fds"
                     for n, e in samples[-1]["daemons"].items()) + ", moved "
-                    f"{sum(s.bytes for s in streams) / 1e9:.2f} GB", file=sys.stderr, flush=True)
+                    f"{sum(s.bytes for s in streams) / 1e9:.2f} GB", stamp=False)
         for s in streams:
             s.join()
         traffic_s = time.monotonic() - t0
@@ -410,14 +360,11 @@ def main() -> int:
         }
         doc["ok"] = (not failures and all(r["alive"] for r in report.values())
                      and not any(r["unexpected_drops"] for r in report.values()))
-        os.makedirs(os.path.dirname(args.json), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
+        write_json(args.json, doc)
         print(render(doc))
         return 0 if doc["ok"] else 1
     finally:
-        for host in reversed(hosts):
-            host.close()
+        make_host.close()
         subprocess.run(["rm", "-rf", tmp])
 
 
