@@ -186,7 +186,7 @@ def apply_env(changes, env=None):
 # What a copy of the checkout for the wheel build leaves out (VCS data, environments,
 # build products, benchmark output).
 _NOT_SOURCE = {".git", ".venv", "venv", "build", "dist", "__pycache__", ".pytest_cache",
-               ".hypothesis", "out"}
+               ".hypothesis", "out", ".cross"}  # .cross: the cross-arch chroots (GBs)
 
 
 def install_wheel(tmp):

@@ -1,26 +1,31 @@
 """One table of a server's receive decisions, fed to both packet loops.
 
-The server's per-packet rules for DATA (length, type, client id, freshness, replay,
-tag, inner packet, inner source, roaming) are written twice: in Python for the fallback
-loop (daemon/server.py handle_datagram, over protocol/session.py) and in C for the data
-path (_fast_receive.pxi on_datagram). This table is what makes them one rule: the same
-datagrams, in the same order, must get the same decision from each loop. A rule changed
-on one side only fails here.
+The server's per-packet rules (length, type, client id, freshness, replay, tag, inner
+packet, inner source, roaming and control budgets, keepalive and time-sync answers) are
+written twice: in Python for the fallback loop (daemon/server.py handle_datagram, over
+protocol/session.py) and in C for the data path (_fast_receive.pxi on_datagram, which
+hands control packets up to the same Python code). This table is what makes them one
+rule: the same datagrams, in the same order, must get the same decisions and leave the
+same counters on each loop. A rule changed on one side only fails here.
+
+Both loops run as the daemon runs them: a daemon/server.py Server, either alone (the
+Python loop) or with its native path (an Engine over a real loopback UDP socket, a
+datagram socketpair standing in for the TUN, its events handled by the Server).
 """
 
-import contextlib
-import ipaddress
+import base64
+import collections
+import os
 import socket
 import struct
 import time
 import types
 
-import pytest
-
 from cryptopaths import context_class
-from loopengines import LoopbackEngines, _ipv4, _ipv6
+from loopengines import _ipv4, _ipv6, native
+from vpncrypt.daemon.budgets import CTL_RATE, ROAM_RATE
 from vpncrypt.protocol.session import ClientSession
-from vpncrypt.protocol.wire import Drop, Kind
+from vpncrypt.protocol.wire import KEEPALIVE_BODY, Drop, Kind
 
 PSK = bytes(range(32))
 SERVER_ID = 7
@@ -30,147 +35,238 @@ SERVER6 = bytes.fromhex("fd09" + "00" * 13 + "01")
 ALLOWED = ["10.9.0.2/32", "fd09::2/128"]
 
 
-def _header(ptype, client_id, ts, counter):
-    return struct.pack(">BHBI", ptype, client_id, ts & 0xFF, counter)
+def answered(kind: Kind):
+    """The decision "answered with a packet of `kind`" (a keepalive, a time response)."""
+    return ("answered", kind)
 
 
 def table(now: float):
-    """(what, datagram, from the endpoint?, expected decision), in the order sent; a
-    delivered datagram's decision is the inner packet the TUN must get. The client
-    session seals with increasing counters, as a real client does."""
+    """[(what, [datagrams], from the endpoint?, [(decision, count)], refill)], in the
+    order sent. A delivered datagram's decision is the inner packet the TUN gets. The
+    client session seals with increasing counters, as a real client does. A decision may
+    be a dict {loop: decision} where the loops differ by design (said where). `refill`,
+    for a step that runs a budget dry, is (rate, decision gained, decision lost): the
+    native loop's budgets refill with its own clock while the test runs (by at most rate
+    x elapsed), the Python loop's with the `now` the test passes (not at all)."""
     client = ClientSession(1, SERVER_ID, PSK, context_class("reference"))
 
     def data(inner, ts=now):
         return client.seal(Kind.DATA, inner, ts), inner
+
+    def one(what, datagram, at_endpoint, decision):
+        return what, [datagram], at_endpoint, [(decision, 1)], None
 
     # Sealed 200 s ahead, read back 56 s behind (the header carries 8 bits of the
     # timestamp): sent first, while nothing is newer, it gets to the tag, which fails.
     far = data(_ipv4(CLIENT4, SERVER4, b"far"), now + 200)[0]
     first, first_inner = data(_ipv4(CLIENT4, SERVER4, b"first"))
     six, six_inner = data(_ipv6(CLIENT6, SERVER6, b"six"))
-    newest, newest_inner = data(_ipv4(CLIENT4, SERVER4, b"newest"), now + 6)
     tampered = bytearray(data(_ipv4(CLIENT4, SERVER4, b"tampered"))[0])
     tampered[-1] ^= 1
+    keepalive = client.seal(Kind.KEEPALIVE, KEEPALIVE_BODY, now)
+    newest, newest_inner = data(_ipv4(CLIENT4, SERVER4, b"newest"), now + 6)
+    stale = data(_ipv4(CLIENT4, SERVER4, b"old"))[0]
+    # More control packets than the budget holds (three of it are spent above), all
+    # fresh: the budget decides.
+    burst = [client.seal(Kind.KEEPALIVE, KEEPALIVE_BODY, now + 6) for _ in range(int(CTL_RATE) + 20)]
+    # Replays from another address cost no roaming budget (they are refused before the
+    # budget is asked): after more of them than the budget holds, a real packet from
+    # that address still gets through, and its address becomes the endpoint.
+    replays = [newest] * (int(ROAM_RATE) + 50)
     roamed, roamed_inner = data(_ipv4(CLIENT4, SERVER4, b"roamed"), now + 6)
     return [
         # The one difference, by design: the Python loop diagnoses the skew inline; the
         # native loop counts the failed tag and hands a sample up, where the Python side
-        # diagnoses it (daemon/runtime.py engine_drop).
-        ("timestamp 200 s ahead", far, True, {"python": Drop.CLOCK_SKEW, "native": Drop.AUTH}),
-        ("DATA, IPv4", first, True, first_inner),
-        ("DATA, IPv6", six, True, six_inner),
-        ("the same datagram again", first, True, Drop.REPLAY),
-        ("shorter than header + tag + 1", first[:24], True, Drop.MALFORMED),
-        ("a server's type sent to the server", bytes([Kind.DATA | 0x80]) + first[1:], True,
-         Drop.BAD_TYPE),
-        ("unknown type", bytes([0x09]) + first[1:], True, Drop.BAD_TYPE),
-        ("unknown client id", _header(Kind.DATA, 2, int(now), 5) + first[8:], True,
-         Drop.UNKNOWN_CLIENT),
-        ("tag does not verify", bytes(tampered), True, Drop.AUTH),
-        ("inner source of another host", data(_ipv4(OTHER4, SERVER4, b"spoof"))[0], True,
-         Drop.SPOOFED_SOURCE),
-        ("inner packet not IP", data(b"\x00not an IP packet at all")[0], True,
-         Drop.BAD_PACKET),
-        ("newest, 6 s ahead", newest, True, newest_inner),
-        ("fresh counter, 6 s older than the newest", data(_ipv4(CLIENT4, SERVER4, b"old"))[0],
-         True, Drop.STALE),
-        ("DATA from a new address (roaming)", roamed, False, roamed_inner),
+        # logs the diagnosis (daemon/runtime.py engine_drop).
+        one("timestamp 200 s ahead", far, True, {"python": Drop.CLOCK_SKEW, "native": Drop.AUTH}),
+        one("DATA, IPv4", first, True, first_inner),
+        one("DATA, IPv6", six, True, six_inner),
+        one("the same datagram again", first, True, Drop.REPLAY),
+        one("shorter than header + tag + 1", first[:24], True, Drop.MALFORMED),
+        one("a server's type sent to the server", bytes([Kind.DATA | 0x80]) + first[1:], True,
+            Drop.BAD_TYPE),
+        one("unknown type", bytes([0x09]) + first[1:], True, Drop.BAD_TYPE),
+        one("unknown client id", struct.pack(">BHBI", Kind.DATA, 2, int(now) & 0xFF, 5)
+            + first[8:], True, Drop.UNKNOWN_CLIENT),
+        one("tag does not verify", bytes(tampered), True, Drop.AUTH),
+        one("inner source of another host", data(_ipv4(OTHER4, SERVER4, b"spoof"))[0], True,
+            Drop.SPOOFED_SOURCE),
+        one("inner packet not IP", data(b"\x00not an IP packet at all")[0], True,
+            Drop.BAD_PACKET),
+        one("keepalive", keepalive, True, answered(Kind.KEEPALIVE)),
+        one("the same keepalive again", keepalive, True, Drop.REPLAY),
+        one("time request (untimed: its nonce is its freshness)", client.time_request(now),
+            True, answered(Kind.TIME_RESPONSE)),
+        one("newest, 6 s ahead", newest, True, newest_inner),
+        one("fresh counter, 6 s older than the newest", stale, True, Drop.STALE),
+        ("keepalives over the control budget", burst, True,
+         [(answered(Kind.KEEPALIVE), int(CTL_RATE) - 3), (Drop.RATE_LIMITED, 23)],
+         (CTL_RATE, answered(Kind.KEEPALIVE), Drop.RATE_LIMITED)),
+        ("replays from another address", replays, False, [(Drop.REPLAY, len(replays))], None),
+        one("DATA from a new address (roaming)", roamed, False, roamed_inner),
     ]
 
 
-class PythonLoop:
-    """daemon/server.py's Server, not started: datagrams go to handle_datagram, TUN
-    writes and sends are captured."""
+class Loop:
+    """A Server as the daemon runs it, with its sends and TUN writes observed."""
 
-    def __init__(self):
+    def __init__(self, name, tmp_path):
+        from vpncrypt import config as configmod
         from vpncrypt.daemon.server import Server
 
-        entry = types.SimpleNamespace(name="c1", id=1, key=PSK, allowed_ips=[
-            ipaddress.ip_network(n) for n in ALLOWED])
-        config = types.SimpleNamespace(server_id=SERVER_ID, clients=[entry])
-        self.server = Server(config, "reference")
-        self.written = []
+        self.name = name
+        key = base64.b64encode(PSK).decode()
+        conf = tmp_path / "server.conf"
+        conf.write_text("[server]\nlisten = 127.0.0.1:51999\ninterface = t0\n"
+                        f"address = 10.9.0.1/24, fd09::1/64\nserver_id = {SERVER_ID}\n"
+                        f"[client c1]\nid = 1\nkey = {key}\nallowed_ips = {', '.join(ALLOWED)}\n")
+        os.chmod(conf, 0o600)
+        self.server = Server(configmod.load(str(conf)), "native" if name == "native" else "reference")
+        self.sent, self.written = [], []
+        self.server.send = lambda packet, addr: self.sent.append(bytes(packet)) or True
         self.server.write_tun = lambda packet: self.written.append(bytes(packet)) or True
-        self.server.send = lambda packet, addr: True
-        self.endpoint, self.elsewhere = ("127.0.0.1", 40000), ("127.0.0.1", 40001)
+        self.server.tun = types.SimpleNamespace(name="t0", fd=-1, frame_prefix=0, offloads=())
+        self.closing = []
+        self.at, self.away = (self.socket() for _ in "ab")
+        self.endpoint = self.at.getsockname()
+        self.elsewhere = self.away.getsockname()
+
+    def socket(self):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        self.closing.append(s)
+        return s
+
+    def start(self):
         self.server.peers[1].endpoint = self.endpoint
 
-    def decide(self, datagram, at_endpoint, now):
-        before = dict(self.server.counters.drops)
-        self.server.handle_datagram(datagram, self.endpoint if at_endpoint else self.elsewhere,
-                                    now)
-        if self.written:
-            return self.written.pop()
-        changed = [r for r, n in self.server.counters.drops.items() if n != before.get(r, 0)]
-        return changed[0] if len(changed) == 1 else changed
+    def close(self):
+        for s in self.closing:
+            s.close()
+
+    def drops(self) -> collections.Counter:
+        return collections.Counter(self.server.counters.drops)
+
+    def outcomes(self, before):
+        """(what happened since the drop counts `before`, the drop counts now)."""
+        got = collections.Counter()
+        got.update(self.written)
+        got.update(answered(Kind(p[0] & 0x7F)) for p in self.sent)
+        self.written.clear()
+        self.sent.clear()
+        now = self.drops()  # read once: the native loop counts while we look
+        for reason, n in now.items():
+            if n > before.get(reason, 0):
+                got[Drop(reason)] += n - before.get(reason, 0)
+        return got, now
+
+    def feed(self, datagrams, at_endpoint, now):
+        before = self.drops()
+        for d in datagrams:
+            self.server.handle_datagram(d, self.endpoint if at_endpoint else self.elsewhere, now)
+        return self.outcomes(before)[0]
 
     def endpoint_now(self):
-        return self.server.peers[1].endpoint == self.elsewhere
+        return self.server.peers[1].endpoint
 
 
-class NativeLoop:
-    """A server Engine on loopback (tests/test_engine.py's harness): datagrams come
-    from a real UDP socket at the client's endpoint or from another one."""
+class NativeLoop(Loop):
+    """The Server with its native path: the Engine on a real loopback socket receives
+    the datagrams; what it hands up (control packets, endpoint changes, drop samples)
+    the Server handles as the daemon's event loop does."""
 
-    def __init__(self, stack):
-        from vpncrypt.protocol.session import ServerCore
+    def start(self):
+        from vpncrypt.daemon import fastpath
 
-        self.net = LoopbackEngines()
-        core = ServerCore(SERVER_ID, self.net.fast.SivContext)
-        core.set_client(1, PSK)
-        self.engine = self.net.add("server", True)
-        state = core.peer(1)
-        self.index = self.engine.add_peer(1, state.sender.ctx, state.receiver.ctx, 1000)
-        self.engine.set_routes([(4, 32, CLIENT4, self.index), (6, 128, CLIENT6, self.index)])
-        self.at, self.away = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in "ab")
-        for s in (self.at, self.away):
-            s.bind(("127.0.0.1", 0))
-            stack.callback(s.close)
-        self.engine.set_endpoint(self.index, "127.0.0.1", self.at.getsockname()[1])
-        self.tun = self.net.tuns["server"][1]
-        stack.enter_context(self.net)
+        native()
+        self.listen = self.socket()
+        self.listen.setblocking(False)  # as the daemon's: the engine's loops poll
+        tun = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        tun[0].setblocking(False)
+        self.closing += tun
+        self.tun_reader = tun[1]
+        self.tun_reader.setblocking(False)
+        srv = self.server
+        srv.sock = self.listen
+        srv.tun.fd = tun[0].fileno()
+        srv.native = fastpath.NativePath(srv.tun, self.listen, True, SERVER_ID)
+        srv.native_peers = {}
+        srv.peers[1].endpoint = self.endpoint
+        srv.sync_native()
+        srv.native.start()
+
+    def close(self):
+        if self.server.native is not None:
+            self.server.native.close()
+        super().close()
 
     def drops(self):
-        merged = dict(self.engine.global_drops())
-        for r, n in self.engine.peer_stats(self.index)["drops"].items():
-            merged[r] = merged.get(r, 0) + n
+        merged = collections.Counter(self.server.counters.drops)
+        merged.update(self.server.native.engine.global_drops())
         return merged
 
-    def decide(self, datagram, at_endpoint, now):
-        before = self.drops()
-        (self.at if at_endpoint else self.away).sendto(datagram, ("127.0.0.1",
-                                                                  self.net.port("server")))
+    def feed(self, datagrams, at_endpoint, now):
+        sock = self.at if at_endpoint else self.away
+        to = self.listen.getsockname()
+        got, before = collections.Counter(), self.drops()
+        for i, d in enumerate(datagrams):
+            sock.sendto(d, to)
+            if i % 64 == 63 or i == len(datagrams) - 1:  # within the socket buffers
+                before = self.settle(got, before, i + 1)
+        return got
+
+    def settle(self, got, before, count):
+        """Add to `got` until it holds `count` outcomes (or 5 s); the drop counts then."""
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            self.tun.settimeout(0.01)
+        while sum(got.values()) < count and time.monotonic() < deadline:
+            self.server.on_native_events()
             try:
-                return self.tun.recv(65536)
-            except socket.timeout:
+                while True:
+                    self.written.append(self.tun_reader.recv(65536))
+            except BlockingIOError:
                 pass
-            changed = [Drop(r) for r, n in self.drops().items() if n != before.get(r, 0)]
-            if changed:
-                return changed[0] if len(changed) == 1 else changed
-        return "nothing within 5 s"
+            more, before = self.outcomes(before)
+            got += more
+            if sum(got.values()) < count:
+                time.sleep(0.002)
+        return before
 
     def endpoint_now(self):
-        """Whether the engine told the Python side the endpoint moved to `away`."""
-        events, fast = self.net.events[1], self.net.fast
-        events.setblocking(False)
-        moved = False
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                kind, _, client_id, addr, _ = fast.Engine.decode_event(events.recv(65536))
-                moved |= (kind, client_id, addr[1]) == (2, 1, self.away.getsockname()[1])
-        return moved
+        self.server.on_native_events()
+        return self.server.peers[1].endpoint
 
 
-@pytest.mark.parametrize("loop", ["python", "native"])
-def test_both_loops_decide_the_table_alike(loop):
-    with contextlib.ExitStack() as stack:
-        driver = PythonLoop() if loop == "python" else NativeLoop(stack)
-        now = time.time()  # the native loop reads the real clock: the table is built on it
-        for what, datagram, at_endpoint, expected in table(now):
-            if isinstance(expected, dict):
-                expected = expected[loop]
-            assert driver.decide(datagram, at_endpoint, now) == expected, what
-        assert driver.endpoint_now(), "an authenticated packet from a new address moves the endpoint"
+def test_both_loops_decide_the_table_alike(tmp_path):
+    """Each loop, on a fresh server, gets the same datagrams: each step's decisions are
+    the table's, and the counters `show` reports for the client are the same."""
+    now = time.time()  # the native loop reads the real clock: the table is built on it
+    steps = table(now)
+    status = {}
+    for loop in ("python", "native"):
+        (tmp_path / loop).mkdir()
+        driver = (NativeLoop if loop == "native" else Loop)(loop, tmp_path / loop)
+        try:
+            driver.start()
+            started = time.monotonic()
+            for what, datagrams, at_endpoint, counts, refill in steps:
+                expected = collections.Counter()
+                for decision, n in counts:
+                    expected[decision[loop] if isinstance(decision, dict) else decision] += n
+                got = driver.feed(datagrams, at_endpoint, now)
+                if refill and loop == "native":
+                    rate, gained, lost = refill
+                    extra = got[gained] - expected[gained]
+                    assert 0 <= extra <= rate * (time.monotonic() - started) + 1, (what, got)
+                    expected[gained] += extra
+                    expected[lost] -= extra
+                assert got == expected, (loop, what)
+            assert driver.endpoint_now() == driver.elsewhere, (loop, "the endpoint moved")
+            status[loop] = driver.server.status()["clients"][0]
+        finally:
+            driver.close()
+    python, native_ = status["python"], status["native"]
+    # The one difference in the table, by design: clock-skew is counted as the failed
+    # tag it is on the native loop (the diagnosis goes to the log).
+    python["drops"]["auth"] += python["drops"].pop("clock-skew")
+    for key in ("drops", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "roams"):
+        assert python[key] == native_[key], key

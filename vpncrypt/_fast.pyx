@@ -175,7 +175,7 @@ cdef class Engine:
     cdef int sock_family
     cdef uint32_t server_id
     cdef Peer **peers
-    cdef int npeers, cap
+    cdef int npeers, cap, nfree       # slots in use or emptied; capacity; emptied ones
     cdef int32_t *by_id
     cdef Routes routes
     cdef public double clock_offset   # seconds added to CLOCK_REALTIME (client time sync)
@@ -185,7 +185,7 @@ cdef class Engine:
     cdef uint64_t events_lost
     cdef double sample_tokens, sample_refilled
     cdef double big_tokens, big_refilled
-    cdef list keep                    # the SivContexts whose keys the peers borrow
+    cdef list keep                    # per slot, the SivContexts whose keys its peer borrows
     cdef int stopping
 
     def __cinit__(self):
@@ -225,33 +225,42 @@ cdef class Engine:
 
     def add_peer(self, uint32_t client_id, SivContext seal_ctx, SivContext open_ctx,
                  uint32_t counter):
-        """Add a peer (or replace the keys of one with the same id); returns its index.
-        A replaced peer keeps its endpoint, counters and replay window only if
-        `keep_state` style reuse is wanted: callers remove and re-add to reset it."""
+        """Add a peer with fresh state (counters, window, no endpoint); returns its index,
+        a slot a removed peer left if there is one. To re-key a peer, remove it and add
+        it again (its state starts over with the new keys)."""
         cdef Peer *p
         cdef int idx = self.by_id[client_id & 0xFFFF] - 1
         if idx >= 0:
             raise ValueError(f"client id {client_id} is already in the engine")
-        if self.npeers == self.cap:
-            self.cap = self.cap * 2 if self.cap else 8
-            self.peers = <Peer **>realloc_or_raise(self.peers, self.cap * sizeof(Peer *))
         p = <Peer *>calloc(1, sizeof(Peer))
         if p == NULL:
             raise MemoryError()
+        if self.nfree:
+            idx = 0
+            while self.peers[idx] != NULL:
+                idx += 1
+            self.nfree -= 1
+        else:
+            if self.npeers == self.cap:
+                self.cap = self.cap * 2 if self.cap else 8
+                self.peers = <Peer **>realloc_or_raise(self.peers, self.cap * sizeof(Peer *))
+            idx = self.npeers
+            self.npeers += 1
+            self.keep.append(None)
         pthread_mutex_init(&p.lock, NULL)
         p.id = client_id
         p.seal = &seal_ctx.siv
         p.open = &open_ctx.siv
         p.counter = counter
-        self.keep.append((seal_ctx, open_ctx))
-        idx = self.npeers
+        self.keep[idx] = (seal_ctx, open_ctx)
         self.peers[idx] = p
-        self.npeers += 1
         self.by_id[client_id & 0xFFFF] = idx + 1
         return idx
 
     def remove_peer(self, uint32_t client_id):
-        """Forget a peer (its slot stays, emptied, so indices of the others do not move)."""
+        """Forget a peer: its slot is emptied for the next add_peer (the indices of the
+        others do not move) and its SIV contexts are let go; its packets are refused
+        from now on (unknown client)."""
         cdef int idx = self.by_id[client_id & 0xFFFF] - 1
         if idx < 0:
             return
@@ -259,6 +268,13 @@ cdef class Engine:
         pthread_mutex_destroy(&self.peers[idx].lock)
         free(self.peers[idx])
         self.peers[idx] = NULL
+        self.keep[idx] = None
+        self.nfree += 1
+
+    @property
+    def slots(self):
+        """(peer slots allocated, of which empty): what the peer table holds."""
+        return self.npeers, self.nfree
 
     def index_of(self, uint32_t client_id):
         return self.by_id[client_id & 0xFFFF] - 1

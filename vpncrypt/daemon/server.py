@@ -11,10 +11,15 @@ from ..protocol.wire import KEEPALIVE_BODY, MIN_PACKET, Drop, Kind
 from .logs import kv, log
 from .routing import AllowedIPs
 from . import fastpath, ippacket, sockfilter
-from .budgets import ROAM_RATE
+from .budgets import CTL_RATE, ROAM_RATE, Bucket
 from .pinning import PINNED_KINDS, Pins
 from .runtime import BATCH, Counters, Runtime, flatten, format_addr
 
+
+
+# The types the Python loop budgets per client before the core decides them: DATA from
+# elsewhere (roaming), keepalives and time requests (control).
+_BUDGETED = frozenset({Kind.DATA, Kind.KEEPALIVE, Kind.TIME_REQUEST})
 
 
 @contextlib.contextmanager
@@ -35,7 +40,7 @@ class PeerState:
     """What the server knows about one client besides its crypto state."""
 
     __slots__ = ("name", "id", "allowed_ips", "endpoint", "last_rx", "roams", "counters",
-                 "roam_tokens", "roam_refilled")
+                 "roam", "control")
 
     def __init__(self, entry):
         self.name = entry.name
@@ -45,7 +50,7 @@ class PeerState:
         self.last_rx = None
         self.roams = 0
         self.counters = Counters()
-        self.roam_tokens, self.roam_refilled = ROAM_RATE, None
+        self.roam = self.control = None  # Buckets, made on first use (thousands of clients)
 
     def may_open(self, addr, now: float) -> bool:
         """Whether a DATA packet naming this client from `addr` is worth opening. Opening
@@ -56,13 +61,17 @@ class PeerState:
         address is the endpoint."""
         if addr == self.endpoint:
             return True
-        last, self.roam_refilled = self.roam_refilled, now
-        if last is not None:
-            self.roam_tokens = min(ROAM_RATE, self.roam_tokens + max(0.0, now - last) * ROAM_RATE)
-        if self.roam_tokens < 1:
-            return False
-        self.roam_tokens -= 1
-        return True
+        if self.roam is None:
+            self.roam = Bucket(ROAM_RATE)
+        return self.roam.take(now)
+
+    def may_control(self, now: float) -> bool:
+        """Whether a keepalive or time-sync packet naming this client is looked at: CTL_RATE
+        a second, as the native loop hands them up, so a flood of them naming one client
+        costs the same on either loop and cannot starve the others."""
+        if self.control is None:
+            self.control = Bucket(CTL_RATE)
+        return self.control.take(now)
 
 
 class Server(Runtime):
@@ -152,16 +161,23 @@ class Server(Runtime):
         _fast_receive.pxi on_datagram: tests/test_receive_rules.py feeds both one table."""
         core, peers = self.core, self.peers
         now = time.time() if now is None else now
-        if len(data) >= MIN_PACKET and data[0] in PINNED_KINDS and self.native is None:
+        may_open = None
+        if len(data) >= MIN_PACKET and data[0] in _BUDGETED and self.native is None:
+            # The native loop's budgets, at the same points (it already applied them to
+            # what it hands up).
             cid = int.from_bytes(data[1:3], "big")
             peer = peers.get(cid)
-            if peer is not None and addr != peer.endpoint:
-                self.foreign[cid] = self.foreign.get(cid, 0) + 1
-                if data[0] == Kind.DATA and not peer.may_open(addr, now):
-                    self.drop(peer.counters, Drop.RATE_LIMITED, now, addr, peer.name,
-                              "DATA from another address over the roaming budget")
-                    return
-        result = core.open(data, now)
+            if peer is not None:
+                if addr != peer.endpoint and data[0] in PINNED_KINDS:
+                    self.foreign[cid] = self.foreign.get(cid, 0) + 1
+                if data[0] != Kind.DATA:
+                    if not peer.may_control(now):
+                        self.drop(peer.counters, Drop.RATE_LIMITED, now, addr, peer.name,
+                                  "control packets over their budget")
+                        return
+                elif addr != peer.endpoint:  # spent after the free checks, as natively
+                    may_open = lambda: peer.may_open(addr, now)  # noqa: E731
+        result = core.open(data, now, may_open)
         if type(result) is Opened:
             peer = peers[result.client_id]
             if result.kind == Kind.DATA and not self.deliver(peer, result.body, now, addr):
@@ -180,8 +196,11 @@ class Server(Runtime):
             self.send_to(peers[result.client_id], result.packet, addr)
         else:
             peer = peers.get(result.client_id)
+            detail = result.detail
+            if result.reason == Drop.RATE_LIMITED and may_open is not None:
+                detail = "DATA from another address over the roaming budget"
             self.drop(peer.counters if peer else None, result.reason, now, addr,
-                      peer.name if peer else result.client_id, result.detail)
+                      peer.name if peer else result.client_id, detail)
 
     def on_engine_event(self, kind, reason, client_id, addr, packet) -> None:
         peer = self.peers.get(client_id)

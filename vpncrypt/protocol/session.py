@@ -114,7 +114,12 @@ class Receiver:
         self.window = ReplayWindow()
         self.next_probe = 0.0
 
-    def open(self, packet, ptype: int, low8: int, counter: int, now: float):
+    def open(self, packet, ptype: int, low8: int, counter: int, now: float, may_open=None):
+        """`may_open`, if given, is asked (once, with no arguments) after the checks that
+        cost nothing and before the AES-SIV pass, the one a forgery costs: the caller's
+        budget for opening (the daemon's roaming budget); refused, the packet is dropped
+        as rate-limited. Replays and stale packets are refused before it is asked, so
+        they never spend it (the native loop's order: _fast_receive.pxi on_datagram)."""
         client_id = self.ctx.client_id
         if ptype in wire.UNTIMED:
             body = self.ctx.open(packet, 0)
@@ -130,6 +135,8 @@ class Receiver:
             return self._diagnose(packet, timestamp, now, Drop.STALE)
         if reason is not None:
             return Dropped(reason, client_id)
+        if may_open is not None and not may_open():
+            return Dropped(Drop.RATE_LIMITED, client_id, "over the opening budget")
         body = self.ctx.open(packet, timestamp)
         if body is None:
             return self._diagnose(packet, timestamp, now, Drop.AUTH)
@@ -270,7 +277,8 @@ class ServerCore:
     def seal(self, client_id: int, kind: Kind, body, now: float) -> bytes:
         return self._peers[client_id].sender.seal(kind, body, now)
 
-    def open(self, packet, now: float):
+    def open(self, packet, now: float, may_open=None):
+        """Decide one datagram from a client; `may_open` as for Receiver.open."""
         fields = _parse(packet, wire.CLIENT_TYPES)
         if isinstance(fields, Dropped):
             return fields
@@ -280,7 +288,7 @@ class ServerCore:
             return Dropped(Drop.UNKNOWN_CLIENT, client_id)
         if ptype == Kind.TIME_REQUEST and not self._take_token(peer, now):
             return Dropped(Drop.RATE_LIMITED, client_id)
-        result = peer.receiver.open(packet, ptype, low8, counter, now)
+        result = peer.receiver.open(packet, ptype, low8, counter, now, may_open)
         if isinstance(result, Opened) and result.kind == Kind.TIME_REQUEST:
             body = timesync.response_body(result.body, now)
             if body is None:
