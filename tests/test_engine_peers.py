@@ -8,6 +8,8 @@ import socket
 import time
 import types
 
+import pytest
+
 from loopengines import LoopbackEngines, _ipv4, native
 from vpncrypt.protocol.session import ClientSession, ServerCore
 from vpncrypt.protocol.wire import Drop, Kind
@@ -136,3 +138,25 @@ def test_reloads_that_rekey_and_remove_clients_keep_the_engine_flat(tmp_path):
         sock.close()
         for s in tun_pair:
             s.close()
+
+
+def test_a_peers_replay_window_carries_into_a_rebuilt_engine():
+    """The client rebuilds its engine when its socket is replaced; the server's packets
+    must still be judged by the window they were judged by (else the new engine would
+    take replays of anything from the last 128 s)."""
+    fast = native()
+    r, w = socket.socketpair()
+    with r, w:
+        ctx = fast.SivContext(bytes(64), 1, 7)
+        old, new = (fast.Engine(False, -1, -1, socket.AF_INET, w.fileno(), r.fileno())
+                    for _ in "ab")
+        for engine in (old, new):
+            engine.add_peer(1, ctx, ctx, 0)
+        old.restore_window(0, 1_000_000)
+        state = old.window_state(0)
+        assert new.window_newest(0) is None
+        new.load_window_state(0, state)
+        assert new.window_newest(0) == old.window_newest(0) == 1_000_000
+        assert new.window_state(0) == state
+        with pytest.raises(ValueError, match="replay window"):
+            new.load_window_state(0, state[:-1])

@@ -86,6 +86,8 @@ def table(now: float):
         one("a server's type sent to the server", bytes([Kind.DATA | 0x80]) + first[1:], True,
             Drop.BAD_TYPE),
         one("unknown type", bytes([0x09]) + first[1:], True, Drop.BAD_TYPE),
+        one("a time response sent to the server", bytes([Kind.TIME_RESPONSE]) + first[1:], True,
+            Drop.BAD_TYPE),
         one("unknown client id", struct.pack(">BHBI", Kind.DATA, 2, int(now) & 0xFF, 5)
             + first[8:], True, Drop.UNKNOWN_CLIENT),
         one("tag does not verify", bytes(tampered), True, Drop.AUTH),

@@ -343,6 +343,16 @@ cdef class Engine:
         cdef Window *w = &self.peer(idx).window
         return w.newest if w.has_newest else None
 
+    def window_state(self, int idx):
+        """This peer's replay window as bytes, for carrying it into a rebuilt engine."""
+        return PyBytes_FromStringAndSize(<char *>&self.peer(idx).window, sizeof(Window))
+
+    def load_window_state(self, int idx, bytes state):
+        """A replay window that window_state gave (same build: same layout)."""
+        if len(state) != sizeof(Window):
+            raise ValueError("not a replay window of this build")
+        memcpy(&self.peer(idx).window, <const char *>state, sizeof(Window))
+
     def reset_window(self, int idx):
         """Forget the replay state of a peer (the client's clock moved back past it)."""
         memset(&self.peer(idx).window, 0, sizeof(Window))

@@ -29,7 +29,7 @@ DEF RX_KEEP = 16384       # a receive slot past RX_GRO_MSGS keeps up to this muc
 DEF GRO_QUIET = 64        # full receive batches without a coalesced message: GRO off
 DEF GRO_RETRY = 1.0       # seconds until GRO is tried again
 # Event kinds sent to the Python side.
-DEF EV_PACKET = 1      # a non-DATA packet for the sans-IO core to decide
+DEF EV_CONTROL = 1     # an authenticated keepalive or time-sync packet: kind, plaintext
 DEF EV_ENDPOINT = 2    # a client's endpoint changed (authenticated DATA from a new address)
 DEF EV_DROP = 3        # a sample of a dropped packet (rate-limited), for logs and diagnosis
 DEF EV_TOO_BIG = 4     # a TUN packet over the tunnel MTU: Python answers with ICMP (rate-limited)

@@ -12,7 +12,7 @@ cdef void on_datagram(Engine self, uint8_t *pkt, Py_ssize_t n, const sockaddr_st
     front of where the plaintext goes. The Python loop's twin is daemon/server.py
     handle_datagram: tests/test_receive_rules.py feeds both one table of decisions."""
     cdef uint8_t addr[16]
-    cdef int idx, version, reason, moved
+    cdef int idx, version, reason, moved, control
     cdef Py_ssize_t body
     cdef uint8_t ptype
     cdef uint32_t cid, counter
@@ -29,8 +29,10 @@ cdef void on_datagram(Engine self, uint8_t *pkt, Py_ssize_t n, const sockaddr_st
     else:
         idx = 0 if self.npeers and self.peers[0] != NULL and self.peers[0].id == cid else -1
     p = self.peers[idx] if idx >= 0 else NULL
+    # protocol/wire.py CLIENT_TYPES / SERVER_TYPES: each side's time-sync half only.
     if ((ptype & FROM_SERVER) != (0 if self.server else FROM_SERVER)
-            or (ptype & 0x7F) < KIND_DATA or (ptype & 0x7F) > KIND_TIME_RESPONSE):
+            or (ptype & 0x7F) < KIND_DATA or (ptype & 0x7F) > KIND_TIME_RESPONSE
+            or (ptype & 0x7F) == (KIND_TIME_RESPONSE if self.server else KIND_TIME_REQUEST)):
         self.drop(p, D_BAD_TYPE, src, alen, pkt, 0, mono)
         return
     if p == NULL:
@@ -41,15 +43,22 @@ cdef void on_datagram(Engine self, uint8_t *pkt, Py_ssize_t n, const sockaddr_st
                              or memcmp(src, &p.endpoint, alen) != 0)
     if moved and (ptype == KIND_DATA or ptype == KIND_KEEPALIVE):   # pinning.PINNED_KINDS
         vc_add32(&p.foreign, 1)
-    if (ptype & 0x7F) != KIND_DATA:
-        # Keepalives and time sync: the sans-IO core decides (budgeted). Per client,
-        # so forgeries naming one client cannot starve the others; what is over
-        # budget is counted like any drop.
-        if bucket_take(&p.ctl_tokens, &p.ctl_refilled, CTL_RATE, mono):
-            self.emit(EV_PACKET, 0, cid, src, alen, pkt, n)
-        else:
+    body = n - OVERHEAD
+    control = (ptype & 0x7F) != KIND_DATA
+    if control:
+        # Keepalives and time sync: budgeted per client (forgeries naming one client
+        # cannot starve the others), opened here, and handed up authenticated for the
+        # Python side to answer: one replay window per sender, this one.
+        if not bucket_take(&p.ctl_tokens, &p.ctl_refilled, CTL_RATE, mono):
             self.drop(p, D_RATE_LIMITED, src, alen, pkt, 0, mono)
-        return
+            return
+        if (ptype & 0x7F) != KIND_KEEPALIVE:
+            # Time sync is untimed (timestamp 0): the nonce it carries is its freshness.
+            if not open_packet(p.open, self.server_id, 0, pkt, <int>body, plain):
+                self.drop(p, D_AUTH, src, alen, pkt, n, mono)
+                return
+            self.emit(EV_CONTROL, ptype & 0x7F, cid, src, alen, plain, body)
+            return
     ts = full_timestamp(pkt[3], now_s)
     if ts < 0:
         self.drop(p, D_AUTH, src, alen, pkt, n, mono)
@@ -59,7 +68,8 @@ cdef void on_datagram(Engine self, uint8_t *pkt, Py_ssize_t n, const sockaddr_st
     if reason != D_NONE:
         self.drop(p, reason, src, alen, pkt, n, mono)
         return
-    if moved and not bucket_take(&p.roam_tokens, &p.roam_refilled, ROAM_RATE, mono):
+    if moved and not control and not bucket_take(&p.roam_tokens, &p.roam_refilled, ROAM_RATE,
+                                                 mono):
         # Opening is what a forgery costs us (a whole AES-SIV pass): from anywhere but
         # the client's current address (or while it has none) only ROAM_RATE a second
         # are tried, so a flood naming a client cannot eat the CPU the real traffic
@@ -67,9 +77,12 @@ cdef void on_datagram(Engine self, uint8_t *pkt, Py_ssize_t n, const sockaddr_st
         # packets; then its address is the endpoint.
         self.drop(p, D_RATE_LIMITED, src, alen, pkt, 0, mono)
         return
-    body = n - OVERHEAD
     if not open_packet(p.open, self.server_id, <uint64_t>ts, pkt, <int>body, plain):
         self.drop(p, D_AUTH, src, alen, pkt, n, mono)
+        return
+    if control:   # a keepalive: the Python side counts and answers it
+        window_accept(&p.window, ts, counter)
+        self.emit(EV_CONTROL, KIND_KEEPALIVE, cid, src, alen, plain, body)
         return
     if self.server:
         version = inner_source(plain, body, addr)

@@ -7,7 +7,7 @@ import socket
 import time
 
 from ..protocol.session import ClientSession, Opened
-from ..protocol.wire import KEEPALIVE_BODY, STALE_AFTER, Drop, Kind
+from ..protocol.wire import KEEPALIVE_BODY, OVERHEAD, STALE_AFTER, Drop, Kind
 from .logs import kv, log
 from . import fastpath
 from .runtime import BATCH, Runtime, format_addr
@@ -88,9 +88,11 @@ class Client(Runtime):
 
     def build_native(self) -> None:
         """Hand DATA packets to the native loop (again, after the socket was replaced)."""
+        window = None
         if self.native is not None:
             self.selector.unregister(self.native.events)
             self.native.close()
+            window = self.native.engine.window_state(0)
         self.native = fastpath.NativePath(self.tun, self.sock, False, self.config.server_id)
         engine = self.native.engine
         # A rebuilt engine starts a fresh random counter, like a restart: the server
@@ -98,6 +100,8 @@ class Client(Runtime):
         counter = self._python_sender.counter if self.session.sender is self._python_sender \
             else int.from_bytes(os.urandom(4), "big")
         engine.add_peer(self.config.id, self._python_sender.ctx, self.session.receiver.ctx, counter)
+        if window is not None:  # the server's packets are judged by one window, kept
+            engine.load_window_state(0, window)
         self.session.sender = fastpath.EngineSender(engine, 0, False)
         engine.clock_offset = self.offset
         engine.hold_tx = not self.synced
@@ -125,7 +129,12 @@ class Client(Runtime):
             self.send_sealed(Kind.DATA, packet, time.monotonic())
 
     def handle_datagram(self, data, addr) -> None:
-        result = self.session.open(data, self.now())
+        self.decided(self.session.open(data, self.now()), len(data), addr)
+
+    def decided(self, result, size: int, addr) -> None:
+        """Act on the session's decision about one datagram of `size` bytes from the
+        server; the native loop's authenticated keepalives and time responses come here
+        too."""
         if type(result) is not Opened:
             self.drop(self.counters, result.reason, self.now(), addr, None, result.detail)
             if result.reason == Drop.CLOCK_SKEW:
@@ -136,15 +145,19 @@ class Client(Runtime):
         if self.native is not None:
             self.native.engine.mark_answered(0)
         self.counters.rx_packets += 1
-        self.counters.rx_bytes += len(data)
+        self.counters.rx_bytes += size
         if result.kind == Kind.DATA:
             self.write_tun(result.body)
         elif result.kind == Kind.TIME_RESPONSE:
             self.apply_clock(result.clock_offset)
 
     def on_engine_event(self, kind, reason, client_id, addr, packet) -> None:
-        if kind == fastpath.EV_PACKET:
-            self.handle_datagram(packet, addr)
+        if kind == fastpath.EV_CONTROL:
+            # Authenticated (and, keepalives, replay-checked) by the engine's window, the
+            # only one the server has as a sender while the native loop runs.
+            result = (self.session.time_response(packet, self.now())
+                      if reason == Kind.TIME_RESPONSE else Opened(client_id, Kind(reason), packet))
+            self.decided(result, len(packet) + OVERHEAD, addr)
         elif kind == fastpath.EV_DROP:
             why = self.engine_drop(reason, client_id, addr, packet, None, self.session.receiver, 0)
             if why == Drop.CLOCK_SKEW:
@@ -164,15 +177,15 @@ class Client(Runtime):
 
     def apply_clock(self, correction: float) -> None:
         self.offset += correction
-        window = self.session.receiver.window
         if self.native is not None:
             self.native.engine.clock_offset = self.offset
         if correction < -STALE_AFTER:
             # Our clock was ahead and the server's packets were judged by it; start the
-            # windows afresh or every packet of the server would look stale.
-            window.reset()
+            # window afresh or every packet of the server would look stale.
             if self.native is not None:
                 self.native.engine.reset_window(0)
+            else:
+                self.session.receiver.window.reset()
             log.info("clock: moved back %.0f s; replay window for the server restarted",
                      -correction)
         self.sync_attempt = 0
@@ -315,7 +328,10 @@ class Client(Runtime):
         return None
 
     def replay_windows(self):
-        return [("server", [self.session.receiver.window], 0 if self.native is not None else None)]
+        # One window for the server: the engine's while the native loop runs, else ours.
+        if self.native is not None:
+            return [("server", [], 0)]
+        return [("server", [self.session.receiver.window], None)]
 
     def totals(self) -> dict:
         doc = super().totals()  # Python's counters and every drop the engine counted

@@ -15,7 +15,7 @@ import sys
 
 from ..protocol import wire
 
-EV_PACKET, EV_ENDPOINT, EV_DROP, EV_TOO_BIG = 1, 2, 3, 4
+EV_CONTROL, EV_ENDPOINT, EV_DROP, EV_TOO_BIG = 1, 2, 3, 4
 # The Engine's offload flags (_fast.pyx OFF_*) and the Linux UDP socket options behind two.
 OFF_VNET, OFF_GSO, OFF_GRO, OFF_USO = 1, 2, 4, 8
 SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104

@@ -7,7 +7,7 @@ import socket
 import time
 
 from ..protocol.session import Opened, Reply, ServerCore
-from ..protocol.wire import KEEPALIVE_BODY, MIN_PACKET, Drop, Kind
+from ..protocol.wire import KEEPALIVE_BODY, MIN_PACKET, OVERHEAD, Drop, Kind
 from .logs import kv, log
 from .routing import AllowedIPs
 from . import fastpath, ippacket, sockfilter
@@ -156,8 +156,7 @@ class Server(Runtime):
     # -- UDP -> TUN ---------------------------------------------------------------------------
 
     def handle_datagram(self, data, addr, now: float | None = None) -> None:
-        """One datagram through the sans-IO core (all of them in the Python loop; only
-        keepalives and time sync with the native loop). The native twin is
+        """One datagram through the sans-IO core (the Python loop). The native twin is
         _fast_receive.pxi on_datagram: tests/test_receive_rules.py feeds both one table."""
         core, peers = self.core, self.peers
         now = time.time() if now is None else now
@@ -177,35 +176,46 @@ class Server(Runtime):
                         return
                 elif addr != peer.endpoint:  # spent after the free checks, as natively
                     may_open = lambda: peer.may_open(addr, now)  # noqa: E731
-        result = core.open(data, now, may_open)
+        self.decided(core.open(data, now, may_open), len(data), addr, now, may_open is not None)
+
+    def decided(self, result, size: int, addr, now: float, roaming: bool = False) -> None:
+        """Act on the core's decision about one datagram of `size` bytes from `addr`; the
+        native loop's authenticated keepalives and time requests come here too."""
+        peers = self.peers
         if type(result) is Opened:
             peer = peers[result.client_id]
             if result.kind == Kind.DATA and not self.deliver(peer, result.body, now, addr):
                 return
             peer.counters.rx_packets += 1
-            peer.counters.rx_bytes += len(data)
+            peer.counters.rx_bytes += size
             peer.last_rx = now
             if peer.endpoint != addr:
                 self.new_endpoint(peer, addr)
             if result.kind == Kind.KEEPALIVE:
                 # Answer in kind (same size, replay-protected) so the client can tell
                 # a live server from a silent one.
-                self.send_to(peer, core.seal(peer.id, Kind.KEEPALIVE, KEEPALIVE_BODY, now), addr)
+                self.send_to(peer, self.core.seal(peer.id, Kind.KEEPALIVE, KEEPALIVE_BODY, now),
+                             addr)
         elif type(result) is Reply:
             # Time-sync requests are not replay-protected, so they never move the endpoint.
             self.send_to(peers[result.client_id], result.packet, addr)
         else:
             peer = peers.get(result.client_id)
             detail = result.detail
-            if result.reason == Drop.RATE_LIMITED and may_open is not None:
+            if result.reason == Drop.RATE_LIMITED and roaming:
                 detail = "DATA from another address over the roaming budget"
             self.drop(peer.counters if peer else None, result.reason, now, addr,
                       peer.name if peer else result.client_id, detail)
 
     def on_engine_event(self, kind, reason, client_id, addr, packet) -> None:
         peer = self.peers.get(client_id)
-        if kind == fastpath.EV_PACKET:
-            self.handle_datagram(packet, addr, time.time())
+        if kind == fastpath.EV_CONTROL and peer is not None:
+            # Authenticated (and, keepalives, replay-checked) by the engine's window, the
+            # only one this sender has while the native loop runs.
+            now = time.time()
+            result = (self.core.time_request(client_id, packet, now)
+                      if reason == Kind.TIME_REQUEST else Opened(client_id, Kind(reason), packet))
+            self.decided(result, len(packet) + OVERHEAD, addr, now)
         elif kind == fastpath.EV_ENDPOINT and peer is not None:
             self.new_endpoint(peer, addr, from_engine=True)
         elif kind == fastpath.EV_DROP:
@@ -325,9 +335,11 @@ class Server(Runtime):
         return None
 
     def replay_windows(self):
-        engine = self.native.engine if self.native is not None else None
-        return [(cid, [self.core.peer(cid).receiver.window],
-                 engine.index_of(cid) if engine is not None else None) for cid in self.peers]
+        # One window per sender: the engine's while the native loop runs, else the core's.
+        if self.native is not None:
+            engine = self.native.engine
+            return [(cid, [], engine.index_of(cid)) for cid in self.peers]
+        return [(cid, [self.core.peer(cid).receiver.window], None) for cid in self.peers]
 
     def peer_counters(self, peer) -> dict:
         """Counters of one client: the Python side's plus the native loop's."""

@@ -225,11 +225,16 @@ class ClientSession:
             return Dropped(Drop.UNKNOWN_CLIENT, client_id)
         result = self.receiver.open(packet, ptype, low8, counter, now)
         if isinstance(result, Opened) and result.kind == Kind.TIME_RESPONSE:
-            offset = self.clock.response(result.body, now)
-            if offset is None:
-                return Dropped(Drop.UNSOLICITED, client_id)
-            return Opened(client_id, Kind.TIME_RESPONSE, result.body, clock_offset=offset)
+            return self.time_response(result.body, now)
         return result
+
+    def time_response(self, body: bytes, now: float):
+        """An authenticated time-sync response's body (opened here, or by the native
+        loop): Opened with the clock correction, or Dropped if it answers no request."""
+        offset = self.clock.response(body, now)
+        if offset is None:
+            return Dropped(Drop.UNSOLICITED, self.client_id)
+        return Opened(self.client_id, Kind.TIME_RESPONSE, body, clock_offset=offset)
 
 
 class _Peer:
@@ -286,20 +291,28 @@ class ServerCore:
         peer = self._peers.get(client_id)
         if peer is None:
             return Dropped(Drop.UNKNOWN_CLIENT, client_id)
-        if ptype == Kind.TIME_REQUEST and not self._take_token(peer, now):
-            return Dropped(Drop.RATE_LIMITED, client_id)
         result = peer.receiver.open(packet, ptype, low8, counter, now, may_open)
         if isinstance(result, Opened) and result.kind == Kind.TIME_REQUEST:
-            body = timesync.response_body(result.body, now)
-            if body is None:
-                return Dropped(Drop.MALFORMED, client_id, "time-sync request of wrong size")
-            return Reply(client_id, peer.sender.seal(Kind.TIME_RESPONSE, body, now))
+            return self.time_request(client_id, result.body, now)
         return result
+
+    def time_request(self, client_id: int, body: bytes, now: float):
+        """An authenticated time-sync request's body (opened here, or by the native loop):
+        the Reply to send back, or Dropped when over the client's answer budget or of the
+        wrong size."""
+        peer = self._peers[client_id]
+        if not self._take_token(peer, now):
+            return Dropped(Drop.RATE_LIMITED, client_id)
+        response = timesync.response_body(body, now)
+        if response is None:
+            return Dropped(Drop.MALFORMED, client_id, "time-sync request of wrong size")
+        return Reply(client_id, peer.sender.seal(Kind.TIME_RESPONSE, response, now))
 
     @staticmethod
     def _take_token(peer: _Peer, now: float) -> bool:
-        # The token is taken before authentication (cheap checks first); a forged request
-        # can therefore delay a real one by a few seconds but never cause an answer.
+        # Taken after authentication: a forged request costs an open (and the loops cap
+        # control packets per client before that), but it can neither cause an answer
+        # nor use up the budget of the real client's requests.
         if peer.refilled is not None:  # max(0, ...): a clock stepping back refills nothing
             elapsed = max(0.0, now - peer.refilled)
             peer.tokens = min(TIME_BURST, peer.tokens + elapsed * TIME_RATE)
