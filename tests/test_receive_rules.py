@@ -272,3 +272,192 @@ def test_both_loops_decide_the_table_alike(tmp_path):
     python["drops"]["auth"] += python["drops"].pop("clock-skew")
     for key in ("drops", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "roams"):
         assert python[key] == native_[key], key
+
+
+# ---- the client's side: what a server sends ------------------------------------------------
+
+ACCEPTED = "accepted"  # authenticated and taken, without a TUN write (keepalive, time)
+
+
+def client_table(now: float, server_core):
+    """The same form as table(): what a client receives from its server. A step's
+    datagrams may be a function of the driver (a time response must answer the
+    driver's own request)."""
+    seal = lambda kind, body, ts=now: server_core.seal(1, kind, body, ts)  # noqa: E731
+    first_inner = _ipv4(SERVER4, CLIENT4, b"down")
+    first = seal(Kind.DATA, first_inner)
+    tampered = bytearray(seal(Kind.DATA, _ipv4(SERVER4, CLIENT4, b"tampered")))
+    tampered[-1] ^= 1
+    keepalive = seal(Kind.KEEPALIVE, KEEPALIVE_BODY)
+    newest_inner = _ipv4(SERVER4, CLIENT4, b"newest")
+    newest = seal(Kind.DATA, newest_inner, now + 6)
+    stale = seal(Kind.DATA, _ipv4(SERVER4, CLIENT4, b"old"))
+    # An answer to no request: a response to a request the client never sent.
+    stray = ClientSession(1, SERVER_ID, PSK, context_class("reference"))
+    unsolicited = server_core.open(stray.time_request(now), now).packet
+
+    def answer(driver):
+        return [server_core.open(driver.time_request(), time.time()).packet]
+
+    burst = [seal(Kind.KEEPALIVE, KEEPALIVE_BODY, now + 6) for _ in range(int(CTL_RATE) + 20)]
+
+    def one(what, datagram, decision):
+        return what, [datagram], True, [(decision, 1)], None
+
+    return [
+        one("DATA", first, first_inner),
+        one("the same datagram again", first, Drop.REPLAY),
+        one("shorter than header + tag + 1", first[:24], Drop.MALFORMED),
+        one("a client's type sent to the client", bytes([Kind.DATA]) + first[1:],
+            Drop.BAD_TYPE),
+        one("a time request sent to the client", bytes([Kind.TIME_REQUEST | 0x80]) + first[1:],
+            Drop.BAD_TYPE),
+        one("another client's id", first[:1] + (2).to_bytes(2, "big") + first[3:],
+            Drop.UNKNOWN_CLIENT),
+        one("tag does not verify", bytes(tampered), Drop.AUTH),
+        one("keepalive", keepalive, ACCEPTED),
+        one("the same keepalive again", keepalive, Drop.REPLAY),
+        one("a time response that answers no request", unsolicited, Drop.UNSOLICITED),
+        ("a time response to the client's request", answer, True, [(ACCEPTED, 1)], None),
+        one("newest, 6 s ahead", newest, newest_inner),
+        one("fresh counter, 6 s older than the newest", stale, Drop.STALE),
+        # Four control packets of the budget are spent above (a wrong type never is).
+        # Both client loops budget with a real clock: both may refill meanwhile.
+        ("keepalives over the control budget", burst, True,
+         [(ACCEPTED, int(CTL_RATE) - 4), (Drop.RATE_LIMITED, 24)],
+         (CTL_RATE, ACCEPTED, Drop.RATE_LIMITED)),
+    ]
+
+
+class ClientLoop(Loop):
+    """daemon/client.py's Client, its sends and TUN writes observed; the Python loop."""
+
+    def __init__(self, name, tmp_path):
+        from vpncrypt import config as configmod
+        from vpncrypt.daemon.client import Client
+
+        self.name = name
+        self.closing = []
+        self.server_sock = self.socket()
+        host, port = self.server_sock.getsockname()
+        conf = tmp_path / "client.conf"
+        conf.write_text(f"[client]\nid = 1\nserver = {host}:{port}\nserver_id = {SERVER_ID}\n"
+                        f"key = {base64.b64encode(PSK).decode()}\ninterface = t0\n"
+                        "address = 10.9.0.2/24\n")
+        os.chmod(conf, 0o600)
+        self.server = Client(configmod.load(str(conf)), "native" if name == "native" else "reference")
+        self.server.server = (socket.AF_INET, (host, port))
+        self.sent, self.written = [], []
+        self.server.send = lambda packet, addr: self.sent.append(bytes(packet)) or True
+        self.server.write_tun = lambda packet: self.written.append(bytes(packet)) or True
+        self.server.tun = types.SimpleNamespace(name="t0", fd=-1, frame_prefix=0, offloads=())
+        self.endpoint = (host, port)
+
+    def start(self):
+        pass
+
+    def time_request(self):
+        self.server.request_sync(time.monotonic())
+        return self.sent.pop()
+
+    def rx(self):
+        return self.server.counters.rx_packets
+
+    def outcomes(self, before):
+        """(what happened since `before` = (drop counts, rx count), the counts now)."""
+        drops_before, rx_before = before
+        got = collections.Counter()
+        rx_now = self.rx()
+        got.update(self.written)
+        got[ACCEPTED] += rx_now - rx_before - len(self.written)
+        got += collections.Counter()  # drop zero counts
+        self.written.clear()
+        drops_now = self.drops()
+        for reason, n in drops_now.items():
+            if n > drops_before.get(reason, 0):
+                got[Drop(reason)] += n - drops_before.get(reason, 0)
+        return got, (drops_now, rx_now)
+
+    def feed(self, datagrams, at_endpoint, now):
+        before = (self.drops(), self.rx())
+        for d in datagrams:
+            self.server.handle_datagram(d, self.endpoint)
+        return self.outcomes(before)[0]
+
+
+class NativeClientLoop(ClientLoop):
+    """The Client with its native path: a client Engine on a real loopback socket; the
+    test's socket plays the server."""
+
+    def start(self):
+        native()
+        cl = self.server
+        cl.sock = self.socket()
+        cl.sock.setblocking(False)
+        tun = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        tun[0].setblocking(False)
+        self.closing += tun
+        self.tun_reader = tun[1]
+        self.tun_reader.setblocking(False)
+        cl.tun.fd = tun[0].fileno()
+        cl.build_native()
+        cl.native.start()
+
+    def close(self):
+        if self.server.native is not None:
+            self.server.native.close()
+        for s in self.closing:
+            s.close()
+
+    def rx(self):
+        return self.server.counters.rx_packets + self.server.native.engine.peer_stats(0)["rx_packets"]
+
+    def drops(self):
+        merged = collections.Counter(self.server.counters.drops)
+        merged.update(self.server.native.engine.global_drops())
+        return merged
+
+    def feed(self, datagrams, at_endpoint, now):
+        to = self.server.sock.getsockname()
+        got, before = collections.Counter(), (self.drops(), self.rx())
+        for i, d in enumerate(datagrams):
+            self.server_sock.sendto(d, to)
+            if i % 64 == 63 or i == len(datagrams) - 1:
+                before = self.settle(got, before, i + 1)
+        return got
+
+    settle = NativeLoop.settle
+
+
+def test_both_client_loops_decide_the_table_alike(tmp_path):
+    """The client's side of the table: each loop, on a fresh client, gets the same
+    datagrams from its server and decides each step alike."""
+    from vpncrypt.protocol.session import ServerCore
+
+    now = time.time()
+    core = ServerCore(SERVER_ID, context_class("reference"))
+    core.set_client(1, PSK)
+    steps = client_table(now, core)
+    for loop in ("python", "native"):
+        (tmp_path / loop).mkdir()
+        driver = (NativeClientLoop if loop == "native" else ClientLoop)(loop, tmp_path / loop)
+        try:
+            driver.start()
+            started = time.monotonic()
+            for what, datagrams, at_endpoint, counts, refill in steps:
+                if callable(datagrams):
+                    datagrams = datagrams(driver)
+                expected = collections.Counter()
+                for decision, n in counts:
+                    expected[decision] += n
+                got = driver.feed(datagrams, at_endpoint, now)
+                if refill:  # the client loops both budget with real clocks
+                    rate, gained, lost = refill
+                    extra = got[gained] - expected[gained]
+                    assert 0 <= extra <= rate * (time.monotonic() - started) + 1, (what, got)
+                    expected[gained] += extra
+                    expected[lost] -= extra
+                assert got == expected, (loop, what)
+            assert driver.server.synced, (loop, "the time response was applied")
+        finally:
+            driver.close()

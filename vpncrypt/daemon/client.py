@@ -7,7 +7,9 @@ import socket
 import time
 
 from ..protocol.session import ClientSession, Opened
-from ..protocol.wire import KEEPALIVE_BODY, OVERHEAD, STALE_AFTER, Drop, Kind
+from ..protocol.wire import (FROM_SERVER, KEEPALIVE_BODY, MIN_PACKET, OVERHEAD, STALE_AFTER,
+                             Drop, Kind)
+from .budgets import CTL_RATE, Bucket
 from .logs import kv, log
 from . import fastpath
 from .runtime import BATCH, Runtime, format_addr
@@ -37,6 +39,11 @@ def resolve(host: str, port: int):
     return family, sockaddr[:2]
 
 
+# What the server sends besides DATA: keepalives and time responses, budgeted per second
+# as the native loop budgets them (daemon/budgets.py CTL_RATE).
+_CONTROL = frozenset({Kind.KEEPALIVE | FROM_SERVER, Kind.TIME_RESPONSE | FROM_SERVER})
+
+
 class Client(Runtime):
     role = "client"
 
@@ -57,6 +64,7 @@ class Client(Runtime):
         self.server = None  # (family, sockaddr)
         self._resolving = False
         self._resolved = None
+        self.control_budget = Bucket(CTL_RATE)  # the Python loop's (the engine has its own)
 
     def now(self) -> float:
         """The protocol clock: the local clock corrected by time sync."""
@@ -129,6 +137,16 @@ class Client(Runtime):
             self.send_sealed(Kind.DATA, packet, time.monotonic())
 
     def handle_datagram(self, data, addr) -> None:
+        """One datagram from the server through the sans-IO core (the Python loop). The
+        native twin is _fast_receive.pxi on_datagram: tests/test_receive_rules.py feeds
+        both one table."""
+        if (len(data) >= MIN_PACKET and data[0] in _CONTROL
+                and int.from_bytes(data[1:3], "big") == self.config.id
+                and not self.control_budget.take(time.time())):
+            # The native loop's control budget, at the same point.
+            self.drop(self.counters, Drop.RATE_LIMITED, self.now(), addr, None,
+                      "control packets over their budget")
+            return
         self.decided(self.session.open(data, self.now()), len(data), addr)
 
     def decided(self, result, size: int, addr) -> None:
