@@ -9,6 +9,7 @@ setup.py runs it before every Cython build; the file is committed so a reader of
 native code sees the numbers, and a test fails if it falls behind its sources.
 """
 
+import importlib.machinery
 import importlib.util
 import pathlib
 import sys
