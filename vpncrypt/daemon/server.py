@@ -15,8 +15,6 @@ from .budgets import CTL_RATE, ROAM_RATE, Bucket
 from .pinning import PINNED_KINDS, Pins
 from .runtime import BATCH, Counters, Runtime, flatten, format_addr
 
-
-
 # The types the Python loop budgets per client before the core decides them: DATA from
 # elsewhere (roaming), keepalives and time requests (control).
 _BUDGETED = frozenset({Kind.DATA, Kind.KEEPALIVE, Kind.TIME_REQUEST})
