@@ -409,8 +409,11 @@ def capture_tunnel(vpn, tmp_path, traffic):
 
 
 @LOOPS
-@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+@pytest.mark.parametrize("how", ["sigterm", "sigkill", "state-lost"])
 def test_replays_across_a_server_restart_are_refused(netns_factory, tmp_path, loop, how):
+    """Captured client packets replayed at a restarted server: none accepted, whether the
+    server saved its replay state (SIGTERM), was killed (SIGKILL), or lost the state as a
+    router's tmpfs /run loses it at a reboot (then its start time is the floor)."""
     vpn = Deployment(netns_factory, tmp_path, keepalive=0, loop=loop).start()
     client = vpn.client_host()
     vpn.wait_ping(client, SERVER_TUN4)
@@ -427,13 +430,62 @@ def test_replays_across_a_server_restart_are_refused(netns_factory, tmp_path, lo
         assert vpn.server.stop() == 0
     else:
         vpn.server.kill(signal.SIGKILL)
+    if how == "state-lost":
+        for path in glob.glob(os.path.join(vpn.state_dir("server"), "*.replay*")):
+            os.unlink(path)
+        time.sleep(1.0)  # the restart comes after the capture's last second
     vpn.start_server()
-    vpn.server.wait_log(r"replay state restored for 1 sender")
+    if how == "state-lost":
+        vpn.server.wait_log(r"running as")  # the windows are set up right after
+        time.sleep(0.3)
+    else:
+        vpn.server.wait_log(r"replay state restored for 1 sender")
     (tmp_path / "up.hex").write_text("\n".join(p.hex() for p in captured))
     client.python(REPLAY_SENDER, str(tmp_path / "up.hex"), "10.200.1.1", "51900")
     time.sleep(0.5)
     stats = vpn.server.stats()["peers"]
     # Nothing captured before the restart was accepted by the new server process.
     assert "c1" not in stats or stats["c1"]["rx_packets"] == "0", stats
+    if how == "state-lost":
+        vpn.server.wait_log(r"replay windows start at \d+: nothing sent before")
     # The real client gets through again (within the 2-s margin of the restored state).
     vpn.wait_ping(client, SERVER_TUN4, timeout=15)
+
+
+@LOOPS
+def test_replays_to_a_client_restarted_without_state_are_refused(netns_factory, tmp_path, loop):
+    """A router reboots: its /run (tmpfs) lost the replay state. Server->client packets
+    captured before the reboot, replayed at the restarted client once it has synced its
+    clock: none accepted (its first time sync sets the floor at its start)."""
+    from pcap import udp_payloads
+
+    vpn = Deployment(netns_factory, tmp_path, keepalive=0, loop=loop).start()
+    client = vpn.client_host()
+    vpn.wait_ping(client, SERVER_TUN4)
+    vpn.segment_on_the_wire()
+    pcap_path = str(tmp_path / "down.pcap")
+    dump = vpn.server_host.popen(["tcpdump", "-n", "-U", "-i", vpn.links[0][0], "-w", pcap_path,
+                                  "udp src port 51900"], stderr=subprocess.PIPE, text=True)
+    assert "listening on" in dump.stderr.readline()
+    vpn.ping(vpn.server_host, client_tun4(1), count=10)
+    time.sleep(0.5)
+    dump.send_signal(signal.SIGINT)
+    dump.wait(10)
+    down = [p[4] for p in udp_payloads(pcap_path) if p[1] == 51900]
+    assert len(down) >= 10
+    vpn.clients[0].kill(signal.SIGKILL)
+    for path in glob.glob(os.path.join(vpn.state_dir("client1"), "*.replay*")):
+        os.unlink(path)
+    time.sleep(1.0)  # the restart comes after the capture's last second
+    restarted = vpn.start_client(1)
+    restarted.wait_log(r"clock-sync")
+    time.sleep(0.3)
+    port = re.search(r"0\.0\.0\.0:(\d+)\s", client.run(["ss", "-H", "-uan"]).stdout)
+    assert port, "the restarted client's UDP socket"
+    before = restarted.stats()
+    (tmp_path / "down.hex").write_text("\n".join(p.hex() for p in down))
+    vpn.server_host.python(REPLAY_SENDER, str(tmp_path / "down.hex"), "10.200.1.2", port.group(1))
+    time.sleep(0.5)
+    after = restarted.stats()
+    assert after["rx_packets"] == before["rx_packets"], (before, after)
+    assert int(after.get("drop_stale", 0)) + int(after.get("drop_replay", 0)) >= len(down), after

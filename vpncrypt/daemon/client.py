@@ -206,6 +206,8 @@ class Client(Runtime):
                 self.session.receiver.window.reset()
             log.info("clock: moved back %.0f s; replay window for the server restarted",
                      -correction)
+        if not self.synced:
+            self.floor_at_first_sync()
         self.sync_attempt = 0
         self.next_sync = time.monotonic() + RESYNC_EVERY
         if abs(correction) >= 1.0 or not self.synced:
@@ -344,6 +346,18 @@ class Client(Runtime):
         log.info("reloaded %s; re-resolving %s", new.path, new.server_host)
         self.start_resolve(time.monotonic())
         return None
+
+    def floor_at_first_sync(self) -> None:
+        """Our start in the protocol's clock is known once we have the server's time:
+        from then on nothing the server sent before it is accepted (what a restart that
+        lost the replay state would otherwise take again, captured in the last 128 s)."""
+        floor = int(self.now())
+        for _, windows, index in self.replay_windows():
+            seen = [w.newest for w in windows if w.newest is not None]
+            if index is not None and self.native.engine.window_newest(index) is not None:
+                seen.append(self.native.engine.window_newest(index))
+            if not seen or max(seen) < floor:
+                self.restore_floor(windows, index, floor)
 
     def replay_windows(self):
         # One window for the server: the engine's while the native loop runs, else ours.

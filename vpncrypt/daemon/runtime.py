@@ -376,24 +376,43 @@ class Runtime:
                 self.native.engine.shift_window(index, delta)
         log.warning(kv("clock-step", seconds=delta, action="replay windows moved with it"))
 
+    def start_floor(self) -> int | None:
+        """The protocol time before which nothing is accepted from any sender when this
+        process starts, or None where the start time is not yet known in the protocol's
+        clock (the client: until its first time sync)."""
+        return None
+
     def load_replay_state(self) -> None:
         saved, problem = self.replay_files.load()
         if problem:
             log.warning("ignoring unreadable replay state %s: %s", self.replay_path(), problem)
         restored = 0
+        start = self.start_floor()
         for key, windows, index in self.replay_windows():
-            if str(key) not in saved:
-                continue
             # The state is saved every tick: packets accepted since then are at most a
-            # second or so newer than what was saved.
-            floor = saved[str(key)] + REPLAY_MARGIN
-            for w in windows:
-                w.restore(floor)
-            if index is not None:
-                self.native.engine.restore_window(index, floor)
-            restored += 1
+            # second or so newer than what was saved. Without state (a router's /run
+            # is tmpfs) or with state older than our start, what was sent before the
+            # start is refused all the same: honest senders are on our clock.
+            floor = saved[str(key)] + REPLAY_MARGIN if str(key) in saved else None
+            restored += floor is not None
+            if start is not None and (floor is None or floor < start):
+                floor = start
+            if floor is None:
+                continue
+            self.restore_floor(windows, index, floor)
         if restored:
             log.info("replay state restored for %d sender(s) from %s", restored, self.replay_path())
+        if start is not None:
+            log.info("replay windows start at %d: nothing sent before this start is accepted",
+                     start)
+
+    def restore_floor(self, windows, index, floor: int) -> None:
+        """Refuse everything older than `floor` from one sender (its Python windows and,
+        while the native loop runs, its engine slot's)."""
+        for w in windows:
+            w.restore(floor)
+        if index is not None:
+            self.native.engine.restore_window(index, floor)
 
     def drop_privileges(self) -> None:
         """After set-up, before any thread starts (capabilities are per thread)."""

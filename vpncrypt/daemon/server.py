@@ -332,6 +332,10 @@ class Server(Runtime):
                  len(after.keys() - before.keys()), len(before.keys() - after.keys()))
         return None
 
+    def start_floor(self) -> int:
+        # Our own clock is the protocol clock: clients sync to it.
+        return int(self.now())
+
     def replay_windows(self):
         # One window per sender: the engine's while the native loop runs, else the core's.
         if self.native is not None:
