@@ -85,6 +85,7 @@ C_BINARY = OUT / "siv_ceiling"
 
 sys.path.insert(0, str(ROOT))
 
+from harness import cpu_model  # noqa: E402  (bench/ is on sys.path: this script's folder)
 from vpncrypt import _fast  # noqa: E402
 from vpncrypt.protocol import wire  # noqa: E402
 
@@ -204,17 +205,6 @@ def build_ceiling():
 
 
 # -- machine description ---------------------------------------------------------------
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def cryptography_openssl():
     try:

@@ -238,6 +238,27 @@ class NativeLoop(Loop):
         return self.server.peers[1].endpoint
 
 
+def run_steps(driver, loop, steps, now, real_clock):
+    """Feed `steps` (table()'s form) to `driver`; each step's outcomes must be its
+    decisions. With `real_clock`, a step that runs a budget dry may see it refilled by
+    at most rate x elapsed."""
+    started = time.monotonic()
+    for what, datagrams, at_endpoint, counts, refill in steps:
+        if callable(datagrams):
+            datagrams = datagrams(driver)
+        expected = collections.Counter()
+        for decision, n in counts:
+            expected[decision[loop] if isinstance(decision, dict) else decision] += n
+        got = driver.feed(datagrams, at_endpoint, now)
+        if refill and real_clock:
+            rate, gained, lost = refill
+            extra = got[gained] - expected[gained]
+            assert 0 <= extra <= rate * (time.monotonic() - started) + 1, (what, got)
+            expected[gained] += extra
+            expected[lost] -= extra
+        assert got == expected, (loop, what)
+
+
 def test_both_loops_decide_the_table_alike(tmp_path):
     """Each loop, on a fresh server, gets the same datagrams: each step's decisions are
     the table's, and the counters `show` reports for the client are the same."""
@@ -249,19 +270,7 @@ def test_both_loops_decide_the_table_alike(tmp_path):
         driver = (NativeLoop if loop == "native" else Loop)(loop, tmp_path / loop)
         try:
             driver.start()
-            started = time.monotonic()
-            for what, datagrams, at_endpoint, counts, refill in steps:
-                expected = collections.Counter()
-                for decision, n in counts:
-                    expected[decision[loop] if isinstance(decision, dict) else decision] += n
-                got = driver.feed(datagrams, at_endpoint, now)
-                if refill and loop == "native":
-                    rate, gained, lost = refill
-                    extra = got[gained] - expected[gained]
-                    assert 0 <= extra <= rate * (time.monotonic() - started) + 1, (what, got)
-                    expected[gained] += extra
-                    expected[lost] -= extra
-                assert got == expected, (loop, what)
+            run_steps(driver, loop, steps, now, real_clock=loop == "native")
             assert driver.endpoint_now() == driver.elsewhere, (loop, "the endpoint moved")
             status[loop] = driver.server.status()["clients"][0]
         finally:
@@ -443,21 +452,7 @@ def test_both_client_loops_decide_the_table_alike(tmp_path):
         driver = (NativeClientLoop if loop == "native" else ClientLoop)(loop, tmp_path / loop)
         try:
             driver.start()
-            started = time.monotonic()
-            for what, datagrams, at_endpoint, counts, refill in steps:
-                if callable(datagrams):
-                    datagrams = datagrams(driver)
-                expected = collections.Counter()
-                for decision, n in counts:
-                    expected[decision] += n
-                got = driver.feed(datagrams, at_endpoint, now)
-                if refill:  # the client loops both budget with real clocks
-                    rate, gained, lost = refill
-                    extra = got[gained] - expected[gained]
-                    assert 0 <= extra <= rate * (time.monotonic() - started) + 1, (what, got)
-                    expected[gained] += extra
-                    expected[lost] -= extra
-                assert got == expected, (loop, what)
+            run_steps(driver, loop, steps, now, real_clock=True)  # both client loops' budgets
             assert driver.server.synced, (loop, "the time response was applied")
         finally:
             driver.close()
