@@ -169,6 +169,17 @@ def delta(after: dict, before: dict) -> dict:
             if after.get(k, 0) != before.get(k, 0)}
 
 
+# Sends the hex-encoded datagrams of file argv[1] to argv[2]:argv[3] (a replaying attacker).
+REPLAY_SENDER = """
+import socket, sys
+payloads = [bytes.fromhex(h) for h in open(sys.argv[1]).read().split()]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for p in payloads:
+    s.sendto(p, (sys.argv[2], int(sys.argv[3])))
+print(len(payloads))
+"""
+
+
 def capture_client_packets(vpn, tmp_path, traffic, index: int = 0) -> list[bytes]:
     """Run `traffic()` while capturing the server's underlay to client `index`; return the
     client->server UDP payloads (genuine, sealed packets)."""

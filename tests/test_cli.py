@@ -51,6 +51,30 @@ def test_genkey_prints_a_fresh_32_byte_key():
     assert first.stdout != second.stdout
 
 
+def test_genid_prints_a_fresh_nonzero_server_id():
+    ids = [run("vpncrypt.cli.vpncrypt", "genid") for _ in range(3)]
+    assert all(p.returncode == 0 and p.stderr == "" for p in ids)
+    values = {int(p.stdout) for p in ids}
+    assert len(values) == 3 and all(1 <= v <= 0xFFFFFFFF for v in values)
+
+
+def test_check_config_warns_about_server_id_0(tmp_path):
+    """Valid (status 0, OK on stdout) but risky: one warning line on stderr."""
+    from configfiles import HEAD, client, laptop, write_conf
+
+    for text, role in ((HEAD + laptop(), "server"), (client(), "client")):
+        path = write_conf(tmp_path, text)
+        proc = run("vpncrypt.cli.vpncrypt", "check-config", str(path))
+        assert proc.returncode == 0 and proc.stdout.startswith(f"{path}: OK ("), proc
+        (line,) = proc.stderr.splitlines()
+        assert line.startswith(f"vpncrypt: warning: {path}: [{role}] server_id is 0")
+        assert "replayed" in line
+    for text in (HEAD + "server_id = 3141592653\n" + laptop(), client(server_id="3141592653")):
+        path = write_conf(tmp_path, text)
+        proc = run("vpncrypt.cli.vpncrypt", "check-config", str(path))
+        assert proc.returncode == 0 and proc.stderr == "", proc
+
+
 def test_version():
     assert run("vpncrypt.cli.vpncryptd", "--version").stdout.strip() == f"vpncryptd {__version__}"
     assert run("vpncrypt.cli.vpncrypt", "--version").stdout.strip() == f"vpncrypt {__version__}"

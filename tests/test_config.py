@@ -171,6 +171,13 @@ BROKEN = [
      "{path}:12: [client phone] id: 1 is already used by [client laptop]"),
     ("same-key-two-clients", HEAD + laptop() + phone(key_line=f"key = {K1}"), {},
      "{path}:13: [client phone] key: the same key as [client laptop]; every client needs its own key"),
+    # The same key through a key file (another file with the same key, or the same file).
+    ("same-key-inline-and-key-file", HEAD + laptop() + phone(key_line="key_file = phone.key"),
+     {"phone.key": (K1 + "\n", 0o600)},
+     "{path}:13: [client phone] key_file: the same key as [client laptop]; every client needs its own key"),
+    ("same-key-file-two-clients", HEAD + laptop(key_line="key_file = a.key") + phone(key_line="key_file = a.key"),
+     {"a.key": (K1 + "\n", 0o600)},
+     "{path}:13: [client phone] key_file: the same key as [client laptop]; every client needs its own key"),
     ("duplicate-client-name", HEAD + laptop() + phone(header="client   laptop"), {},
      "{path}:11: duplicate client name 'laptop' (first at line 6)"),
     ("bad-client-name", HEAD + laptop() + phone(header="client my phone"), {},
@@ -437,3 +444,26 @@ def test_key_file_config_may_be_world_readable(tmp_path):
     text = "[client]\nid = 1\nserver = 192.0.2.1:51900\nkey_file = laptop.key\n" \
            "interface = vpn0\naddress = 10.77.0.2/24\n"
     assert load(str(write_conf(tmp_path, text, mode=0o644))).id == 1
+
+
+# --------------------------------------------------------------------------- warnings
+
+
+def test_server_id_0_is_valid_but_warned_about(tmp_path):
+    """Two servers with id 0 (unset, or set to 0) accept each other's captured packets
+    for a client key they share: warned about, once, on one line without key material."""
+    from vpncrypt.config import warnings_for
+
+    for text in (HEAD + laptop(), HEAD + "server_id = 0\n" + laptop()):
+        path = write_conf(tmp_path, text)
+        (warning,) = warnings_for(load(str(path)))
+        assert warning.startswith(f"{path}: [server] server_id is 0")
+        assert "replayed" in warning and "vpncrypt genid" in warning
+        _assert_good_message(warning, path)
+    for text in (client(), client(server_id="0")):
+        path = write_conf(tmp_path, text)
+        (warning,) = warnings_for(load(str(path)))
+        assert warning.startswith(f"{path}: [client] server_id is 0") and "replayed" in warning
+        _assert_good_message(warning, path)
+    assert warnings_for(parse(HEAD + "server_id = 1\n" + laptop())) == ()
+    assert warnings_for(parse(client(server_id="4294967295"))) == ()

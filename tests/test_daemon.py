@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from hostile import delta, filter_drops, udp_snmp
+from hostile import REPLAY_SENDER, delta, filter_drops, udp_snmp
 from netns import REPO_ROOT, TESTS_DIR, python_env
 from vpnharness import (SERVER_TUN4, SERVER_TUN6, Deployment, client_tun4, client_tun6,
                         receiver_result, start_receiver, start_sender, transfer)
@@ -248,14 +248,6 @@ def test_config_error_is_one_line_and_exit_2(tmp_path):
     assert len(lines) == 1 and str(bad) in lines[0] and "Traceback" not in proc.stderr
 
 
-REPLAY_SENDER = """
-import socket, sys
-payloads = [bytes.fromhex(h) for h in open(sys.argv[1]).read().split()]
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for p in payloads:
-    s.sendto(p, (sys.argv[2], int(sys.argv[3])))
-print(len(payloads))
-"""
 
 
 @LOOPS

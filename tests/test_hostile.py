@@ -29,8 +29,8 @@ import pytest
 import clockstep
 from flooder import DEFAULT_WEIGHTS
 from hostile import (FLOOD_SERVER, FRAGMENT_REASSEMBLY_TIMEOUT, ONE_WAY_SINK, ONE_WAY_SOURCE,
-                     Flooder, capture_client_packets, delta, drops, filter_drops, flood_result,
-                     udp_snmp, vmrss_kb)
+                     REPLAY_SENDER, Flooder, capture_client_packets, delta, drops, filter_drops,
+                     flood_result, udp_snmp, vmrss_kb)
 from netns import TESTS_DIR
 from vpnharness import (PORT, SERVER_TUN4, Daemon, Deployment, client_tun4, receiver_result,
                         show, start_receiver, start_sender, transfer)
@@ -367,37 +367,37 @@ def test_clock_step_mid_transfer_recovers(netns_factory, tmp_path, side, step):
     pinger.terminate()
     vpn.ping(vpn.server_host, client_tun4(1))
 
-    # The diagnosis: the server says the client's packets are clock-skewed (the client's
-    # clock is off, or the server's is), and the client re-synced by about the step.
-    # The first auth/stale drop of c1 the server logs says so: a skewed packet, or a stale
-    # one because the server's own clock stepped back under the client's newest packet.
-    # (Drops logged after the server noticed its own step, the `clock-step` line, are
-    # leftovers from before it moved its replay windows.) The client may also re-sync from
-    # the server's failing packets before any of its skewed ones reaches the server: then
-    # the server has nothing to diagnose, which is the better outcome.
+    # The diagnosis. Only a server clock that jumps forward moves the protocol clock:
+    # the server then finds the client's packets clock-skewed, and the client re-syncs
+    # by about the step. A server clock that steps back is not followed (the protocol
+    # clock never goes back: nothing refused before is accepted after), and a client's
+    # own wall clock is not the protocol clock at all: no re-sync is needed for either.
     server_log = vpn.server.text()[since[vpn.server]:]
-    stepped = re.search(r"clock-step seconds=-6\d\d ", server_log)
-    assert stepped or not (side == "server" and step < 0), server_log[-3000:]
-    first = re.search(r"drop reason=(auth|stale|clock-skew) client=c1 (.*)",
-                      server_log[:stepped.start()] if stepped else server_log)
-    assert first is None or first[1] == "clock-skew", server_log[-3000:]
-    if first is not None:
-        assert re.search(r"sender clock off by about [+-]\d+ s|receiver clock stepped back",
-                         first[2]), first[0]
     client_log = vpn.clients[0].text()[since[vpn.clients[0]]:]
-    sync = re.findall(r"clock-sync correction=([-+][\d.]+)s", client_log)
-    want = -step if side == "client" else step
-    assert sync and abs(float(sync[-1]) - want) < 3, client_log[-3000:]
+    stepped = (server_log if side == "server" else client_log)
+    assert re.search(rf"clock-step seconds={step:+d} ".replace("+", r"\+?"), stepped), stepped[-3000:]
+    first = re.search(r"drop reason=(auth|stale|clock-skew) client=c1 (.*)", server_log)
+    sync = [float(c) for c in re.findall(r"clock-sync correction=([-+][\d.]+)s", client_log)]
+    if side == "server" and step > 0:
+        assert first is None or first[1] == "clock-skew", server_log[-3000:]
+        if first is not None:
+            assert re.search(r"sender clock off by about [+-]\d+ s", first[2]), first[0]
+        assert sync and abs(sync[-1] - step) < 3, client_log[-3000:]
+    else:
+        assert first is None, server_log[-3000:]
+        assert not sync, client_log[-3000:]
+        if side == "server":
+            assert "the protocol clock does not go back" in server_log, server_log[-3000:]
     assert vpn.server.proc.poll() is None and vpn.clients[0].proc.poll() is None
 
 
 @NETNS
 def test_clock_step_during_one_way_stream_recovers(netns_factory, tmp_path):
-    """The client's clock jumps while the server has nothing to send back (the client
-    streams one way, as a camera or a log shipper does): only the client's silence
-    detection (15 s without an answer) can bring it back. (Without the one-way stream,
-    an idle client in the same situation logs server-silent and is back after ~16 s.)"""
-    vpn, clock = stepped_deployment(netns_factory, tmp_path, "client", keepalive=1)
+    """The server's clock jumps forward while it has nothing to send back (the client
+    streams one way, as a camera or a log shipper does): the server refuses the
+    client's packets as clock-skewed, so nothing answers them, and only the client's
+    silence detection (15 s without an answer) can bring it back."""
+    vpn, clock = stepped_deployment(netns_factory, tmp_path, "server", keepalive=1)
     since = {d: len(d.text()) for d in (vpn.server, vpn.clients[0])}
     sink = vpn.server_host.popen([sys.executable, "-c", ONE_WAY_SINK, SERVER_TUN4],
                                  stdout=subprocess.PIPE, text=True)
@@ -412,12 +412,53 @@ def test_clock_step_during_one_way_stream_recovers(netns_factory, tmp_path):
     print(f"ping answered again {recovered + 0.3:.1f} s after the step")
     client_log = vpn.clients[0].text()[since[vpn.clients[0]]:]
     assert "server-silent" in client_log, client_log[-3000:]
-    assert re.search(r"clock-sync correction=-(599|600)\.", client_log), client_log[-3000:]
+    assert re.search(r"clock-sync correction=\+(599|600)\.", client_log), client_log[-3000:]
     assert re.search(r"drop reason=clock-skew client=c1 ", vpn.server.text()[since[vpn.server]:])
 
 
-# The two mechanisms behind the server-600 case, on the sans-IO core (no clocks, no
-# daemons: `now` is an argument), so they fail the same way everywhere.
+@NETNS
+def test_replays_after_a_server_clock_step_back_are_refused(netns_factory, tmp_path):
+    """The server's wall clock steps back 140 s (beyond the clock window and staleness,
+    where the old daemon moved its replay windows with the step). Client packets captured
+    just before, replayed once the server's clock would again be near their timestamps
+    and after 8 192 newer packets pushed their counters out of the window: none
+    accepted (the old daemon took them as a client restart, nearly all of them)."""
+    vpn, clock = stepped_deployment(netns_factory, tmp_path, "server", keepalive=0)
+    client = vpn.client_host()
+    captured = capture_client_packets(vpn, tmp_path, lambda: vpn.ping(client, SERVER_TUN4, 10))
+    assert len(captured) >= 10
+    clockstep.set_offset(clock, -140)
+    stepped = time.monotonic()
+    time.sleep(0.3)
+    vpn.wait_ping(client, SERVER_TUN4, timeout=20)  # honest traffic keeps flowing
+    before = vpn.server.stats()["peers"]["c1"]
+    client.python(UDP_BURST, SERVER_TUN4, "20000")  # some are lost on the way: 8192 must arrive
+    time.sleep(max(0.5, 16 - (time.monotonic() - stepped)))  # 140 - 16 < 128: in the window
+    middle = vpn.server.stats()["peers"]["c1"]
+    assert int(middle["rx_packets"]) - int(before["rx_packets"]) >= 8200, middle
+    (tmp_path / "up.hex").write_text("\n".join(p.hex() for p in captured))
+    client.python(REPLAY_SENDER, str(tmp_path / "up.hex"), "10.200.1.1", str(PORT))
+    time.sleep(0.5)
+    after = vpn.server.stats()["peers"]["c1"]
+    accepted = int(after["rx_packets"]) - int(middle["rx_packets"])
+    assert accepted == 0, f"{accepted} of {len(captured)} replays accepted: {drops(after)}"
+    refused = sum(int(after.get(f"drop_{r}", 0)) - int(middle.get(f"drop_{r}", 0))
+                  for r in ("stale", "replay"))
+    assert refused >= len(captured), drops(after)
+    assert "the protocol clock does not go back" in vpn.server.text()
+
+
+UDP_BURST = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(int(sys.argv[2])):
+    s.sendto(b"x" * 16, (sys.argv[1], 9))
+"""
+
+
+# The sans-IO core under a server clock that went back (no clocks, no daemons: `now` is
+# an argument): the daemon never lets its protocol clock go back (tests/test_clock.py),
+# but an answer to a time request must not depend on that.
 
 STEP_NOW = 1_764_000_000.25
 STEP_PSK = bytes(range(32))
@@ -440,23 +481,3 @@ def test_server_clock_step_back_still_answers_time_requests():
     stepped = STEP_NOW - 600 + 5  # 5 s later, the server's clock 600 s back
     got = server.open(client.time_request(stepped), stepped)
     assert type(got) is Reply, got
-
-
-def test_server_clock_step_back_accepts_a_client_that_follows():
-    """The sans-IO core cannot see its caller's clock step; the daemon notices (wall minus
-    monotonic) and shifts the windows (Runtime.follow_clock_steps). With that shift, a
-    client that follows the server's new time is accepted, and nothing from before the
-    step is: it falls outside the clock window."""
-    from vpncrypt.protocol.session import Dropped, Opened
-    from vpncrypt.protocol.wire import Kind
-
-    server, client = step_pair()
-    packet = b"\x45" + bytes(39)
-    old = client.seal(Kind.DATA, packet, STEP_NOW)
-    assert type(server.open(old, STEP_NOW)) is Opened
-    stepped = STEP_NOW - 600 + 5
-    follows = client.seal(Kind.DATA, packet, stepped)
-    assert type(server.open(follows, stepped)) is Dropped  # stale without the shift
-    server.peer(1).receiver.window.shift(-600)
-    assert type(server.open(client.seal(Kind.DATA, packet, stepped), stepped)) is Opened
-    assert type(server.open(old, stepped)) is Dropped

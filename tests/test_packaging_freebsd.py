@@ -451,6 +451,8 @@ def test_freebsd_rc_script(tmp_path: Path) -> None:
     conf.chmod(0o600)
     proc = rc("start")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The file has no server_id: it starts, and the precmd's check-config says why 0 is risky.
+    assert f"vpncrypt: warning: {conf}: [client] server_id is 0" in proc.stderr
     pid, child = rc.run_dir / "vpncryptd.pid", rc.run_dir / "vpncryptd.child.pid"
     # What rc.subr runs: daemon(8) supervising the unsuffixed vpncryptd.
     assert rc.daemon_argv() == ["-r", "-R", "5", "-P", str(pid), "-p", str(child), "-S",

@@ -887,6 +887,170 @@ def test_init_makes_the_key_directory(init: InitHarness) -> None:
     assert stat.S_IMODE(init.key_dir.stat().st_mode) == 0o700
 
 
+# --------------------------------------------------------------------------- uci-defaults: server ids
+
+# Stand-in for OpenWrt's uci(1), for what the uci-defaults script uses (-q, -X, show,
+# get, set, commit) on $STUB_UCI_DIR/<package>: `set` is staged until `commit`, which
+# rewrites the file in uci's own format (no comments), as the real one does.
+UCI_CLI_STUB = r"""
+import os, shlex, sys
+
+args = [a for a in sys.argv[1:] if a not in ("-q", "-X")]
+directory = os.environ["STUB_UCI_DIR"]
+
+
+def load(package):
+    sections = []  # [name, anonymous, type, [(kind, option, value)]]
+    with open(os.path.join(directory, package)) as f:
+        for line in f:
+            words = shlex.split(line, comments=True)
+            if words and words[0] == "config":
+                name = words[2] if len(words) > 2 else "cfg%02x%04x" % (len(sections), 0)
+                sections.append([name, len(words) < 3, words[1], []])
+            elif words and words[0] in ("option", "list"):
+                sections[-1][3].append((words[0], words[1], words[2]))
+    staged = os.path.join(directory, "." + package + ".staged")
+    if os.path.exists(staged):
+        for line in open(staged):
+            name, option, value = line.rstrip("\n").split("\t")
+            section = next(s for s in sections if s[0] == name)
+            section[3] = [e for e in section[3] if e[1] != option] + [("option", option, value)]
+    return sections
+
+
+def get(sections, name, option):
+    section = next((s for s in sections if s[0] == name), None)
+    values = [v for _, o, v in (section[3] if section else []) if o == option]
+    return " ".join(values) if values else None
+
+
+command, target = args[0], args[1] if len(args) > 1 else ""
+package = target.split(".", 1)[0]
+if command == "show":
+    for name, _, kind, entries in load(package):
+        print(f"{package}.{name}={kind}")
+        for _, option, value in entries:
+            print(f"{package}.{name}.{option}='{value}'")
+elif command == "get":
+    _, name, option = target.split(".", 2)
+    value = get(load(package), name, option)
+    if value is None:
+        sys.exit(1)
+    print(value)
+elif command == "set":
+    where, value = target.split("=", 1)
+    _, name, option = where.split(".", 2)
+    if not any(s[0] == name for s in load(package)):
+        sys.exit(1)
+    with open(os.path.join(directory, "." + package + ".staged"), "a") as f:
+        f.write(f"{name}\t{option}\t{value}\n")
+elif command == "commit":
+    out = []
+    for name, anonymous, kind, entries in load(package):
+        out.append(f"\nconfig {kind}" + ("" if anonymous else f" '{name}'") + "\n")
+        out += [f"\t{k} {o} '{v}'\n" for k, o, v in entries]
+    with open(os.path.join(directory, package), "w") as f:
+        f.write("".join(out))
+    os.unlink(os.path.join(directory, "." + package + ".staged"))
+else:
+    sys.exit(f"uci stub: {command} not supported")
+"""
+
+
+def uci_defaults(init: InitHarness, tmp_path: Path, uci_text: str) -> subprocess.CompletedProcess[str]:
+    """Run the uci-defaults script (as at installation) on uci_text with a stand-in uci
+    and this checkout's vpncrypt."""
+    (init.uci / "vpncrypt").write_text(uci_text)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "uci").write_text(f"#!{sys.executable}\n{UCI_CLI_STUB}")
+    (bin_dir / "vpncrypt").write_text(
+        f"#!/bin/sh\nPYTHONPATH='{REPO}' exec '{sys.executable}' -m vpncrypt.cli.vpncrypt \"$@\"\n")
+    for tool in ("uci", "vpncrypt"):
+        (bin_dir / tool).chmod(0o755)
+    env = {**init.env(), "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "VPNCRYPT_TOOL": str(bin_dir / "vpncrypt")}
+    return run([*init.shell, str(OPENWRT_UCI_DEFAULTS)], env=env)
+
+
+def uci_options(text: str) -> dict[str, dict[str, str]]:
+    """{section: {option: value}} of a uci file as the stand-in writes it."""
+    out: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines()):
+        words = line.split()
+        if words[:1] == ["config"]:
+            current = out.setdefault(words[2].strip("'") if len(words) > 2 else f"@{number}", {})
+        elif words[:1] == ["option"]:
+            current[words[1]] = words[2].strip("'")
+    return out
+
+
+UCI_MORE_SERVERS = """
+config server
+	option listen '0.0.0.0:51901'
+	option interface 'vpn3'
+	list address '10.80.0.1/24'
+
+config server 'lab'
+	option listen '0.0.0.0:51902'
+	option interface 'vpn4'
+	list address '10.81.0.1/24'
+	option server_id '12345'
+"""
+
+
+def test_uci_defaults_gives_each_new_server_its_own_id(init: InitHarness, tmp_path: Path) -> None:
+    """A first installation: every `config server` without server_id gets a random one,
+    in /etc/config/vpncrypt (so it survives restarts and sysupgrade), never a constant
+    shipped with the package; one that has an id keeps it; a client gets none."""
+    shipped = OPENWRT_CONFIG.read_text()
+    assert not re.search(r"^\s*option server_id", shipped, re.M)  # nothing shared to ship
+    assert not init.key_dir.exists()
+    proc = uci_defaults(init, tmp_path, shipped + UCI_MORE_SERVERS)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert stat.S_IMODE(init.key_dir.stat().st_mode) == 0o700
+    committed = (init.uci / "vpncrypt").read_text()
+    options = uci_options(committed)
+    office = int(options["office"]["server_id"])
+    anonymous = int(next(v for k, v in options.items() if k.startswith("@"))["server_id"])
+    assert 1 <= office <= 0xFFFFFFFF and 1 <= anonymous <= 0xFFFFFFFF and office != anonymous
+    assert options["lab"]["server_id"] == "12345"
+    assert "server_id" not in options["home"] and "server_id" not in options["laptop"]
+
+    # The rendered file carries it, and check-config has nothing to warn about.
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    write_key(keys / "laptop.key")
+    enabled = committed.replace("/etc/vpncrypt/", f"{keys}/").replace(
+        "option enabled '0'", "option enabled '1'", 1)
+    start = init.start(enabled)
+    assert start.returncode == 0 and start.stderr == "", start.stderr
+    conf = init.run_dir / "office.conf"
+    assert f"server_id = {office}" in conf.read_text().splitlines()
+    proc = run([sys.executable, "-m", "vpncrypt.cli.vpncrypt", "check-config", str(conf)],
+               env=python_env())
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+    # Another router: another id.
+    (tmp_path / "other").mkdir()
+    other = InitHarness(tmp_path / "other", "busybox" if len(init.shell) == 2 else "dash")
+    assert uci_defaults(other, tmp_path / "other", shipped).returncode == 0
+    assert int(uci_options((other.uci / "vpncrypt").read_text())["office"]["server_id"]) != office
+
+
+def test_uci_defaults_leaves_an_upgraded_installation_alone(init: InitHarness,
+                                                            tmp_path: Path) -> None:
+    """The key directory exists: an earlier version ran here, and a server without
+    server_id has been using 0 with all its clients; a new id would cut them off."""
+    init.key_dir.mkdir(mode=0o700)
+    text = OPENWRT_CONFIG.read_text() + UCI_MORE_SERVERS
+    proc = uci_defaults(init, tmp_path, text)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert (init.uci / "vpncrypt").read_text() == text
+    assert not (init.uci / ".vpncrypt.staged").exists()
+
+
 NETWORK_CLAIMS_OFFICE = """
 config interface 'lan'
 	option proto 'static'

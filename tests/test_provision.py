@@ -31,15 +31,15 @@ def counting_rng():
 
 
 def server_text(tmp_path, clients="", *, address="10.77.0.1/24, fd77::1/64",
-                listen="0.0.0.0:51900", extra=""):
+                listen="0.0.0.0:51900", extra="", server_id="7"):
     return (
         "# vpncrypt server (hand-written; comments must survive)\n"
         "[server]\n"
         f"listen = {listen}   ; public UDP port\n"
         "interface = vpn0\n"
         f"address = {address}\n"
-        "server_id = 7\n"
-        f"state_dir = {tmp_path / 'run'}\n"
+        + (f"server_id = {server_id}\n" if server_id is not None else "")
+        + f"state_dir = {tmp_path / 'run'}\n"
         f"{extra}"
         f"{clients}"
     )
@@ -359,6 +359,146 @@ def test_missing_file(tmp_path):
     with pytest.raises(ProvisionError) as e:
         add_client(str(tmp_path / "nope.conf"), "b", reload=False)
     assert str(e.value) == f"{tmp_path / 'nope.conf'}: no such file"
+
+
+# --------------------------------------------------------------------------- server id and key reuse
+
+
+def test_the_first_client_gives_a_server_without_server_id_a_random_one(tmp_path):
+    """Two servers left at the default id 0 that share a client key accept each other's
+    captured packets: the first add-client writes an id of the server's own into the file
+    (so it stays the same across restarts) and into the client config."""
+    text = server_text(tmp_path, server_id=None)
+    conf = write(tmp_path / "vpn.conf", text)
+    rng = counting_rng()
+    result = add_client(str(conf), "a", reload=False, rng=rng)
+
+    server = config.load(str(conf))
+    assert server.server_id == 0x00020002  # the rng's second draw (the first: the key)
+    state_dir = f"state_dir = {tmp_path / 'run'}\n"  # the last line of [server]
+    assert conf.read_text().startswith(
+        text.replace(state_dir, state_dir + "server_id = 131074\n") + "\n[client a]\nid = 1\n")
+    assert config.parse(result.client_config, "c.conf").server_id == server.server_id
+    assert any(n.startswith(f"server_id = 131074 (random) added to [server] of {conf}")
+               for n in result.notes)
+    assert (tmp_path / "vpn.conf.bak").read_text() == text
+
+    # From then on it is the file's: kept by the next client and by removals.
+    second = add_client(str(conf), "b", reload=False, rng=rng)
+    assert config.parse(second.client_config, "c.conf").server_id == 131074
+    assert not any("server_id" in n for n in second.notes)
+    remove_client(str(conf), "b", reload=False)
+    remove_client(str(conf), "a", reload=False)
+    assert config.load(str(conf)).server_id == 131074
+    assert conf.read_text().count("server_id") == 1
+
+
+def test_every_new_server_gets_its_own_id(tmp_path):
+    ids = set()
+    for n in range(8):
+        directory = tmp_path / str(n)
+        directory.mkdir()
+        conf = write(directory / "vpn.conf", server_text(directory, server_id=None))
+        result = add_client(str(conf), "a", reload=False)  # the real rng
+        ids.add(config.parse(result.client_config, "c.conf").server_id)
+    assert len(ids) == 8 and 0 not in ids
+
+
+@pytest.mark.parametrize("text, expected", [
+    # Indented keys: after the header, the new line would swallow them as continuations.
+    ("[server]\n  listen = 0.0.0.0:51900\n  interface = vpn0\n  address = 10.77.0.1/24,\n"
+     "      fd77::1/64   ; v6\n# about the clients\n\n",
+     "[server]\n  listen = 0.0.0.0:51900\n  interface = vpn0\n  address = 10.77.0.1/24,\n"
+     "      fd77::1/64   ; v6\nserver_id = 65537\n# about the clients\n\n"),
+    # CRLF, no final line break.
+    ("[server]\r\nlisten = 0.0.0.0:51900\r\ninterface = vpn0\r\naddress = 10.77.0.1/24",
+     "[server]\r\nlisten = 0.0.0.0:51900\r\ninterface = vpn0\r\naddress = 10.77.0.1/24\r\n"
+     "server_id = 65537\r\n"),
+])
+def test_the_server_id_goes_after_the_last_value_of_the_server_section(tmp_path, text, expected):
+    conf = write(tmp_path / "vpn.conf", text)
+    add_client(str(conf), "a", reload=False, rng=lambda n: b"\x00\x01" * (n // 2))
+    new = conf.read_bytes().decode()
+    assert new.startswith(expected) and new[len(expected):].lstrip("\r\n").startswith("[client a]")
+    assert config.load(str(conf)).server_id == 65537
+
+
+def test_a_server_in_use_without_server_id_keeps_0_and_says_why(tmp_path):
+    """Its clients all use id 0: a new id would cut every one of them off."""
+    key_file(tmp_path, "a.key", K1)
+    clients = "\n[client a]\nid = 1\nkey_file = a.key\nallowed_ips = 10.77.0.2/32\n"
+    text = server_text(tmp_path, clients, server_id=None)
+    conf = write(tmp_path / "vpn.conf", text)
+    result = add_client(str(conf), "b", reload=False, rng=counting_rng())
+    assert conf.read_text().startswith(text) and "server_id" not in conf.read_text()
+    assert config.parse(result.client_config, "c.conf").server_id == 0
+    warning = next(n for n in result.notes if "server_id is 0" in n)
+    assert warning.startswith(f"{conf}: [server] server_id is 0") and "replayed" in warning
+    assert any("gets server_id = 0 to match" in n and "every one of its clients" in n
+               for n in result.notes)
+
+
+def test_an_explicit_server_id_0_is_kept_with_the_warning(tmp_path):
+    conf = write(tmp_path / "vpn.conf", server_text(tmp_path, server_id="0"))
+    result = add_client(str(conf), "a", reload=False, rng=counting_rng())
+    assert config.load(str(conf)).server_id == 0
+    assert any("server_id is 0" in n for n in result.notes)
+
+
+def test_a_running_daemon_must_be_restarted_for_a_new_server_id(tmp_path):
+    """server_id is restart-only in the daemon: a reload keeps the old one."""
+    conf = write(tmp_path / "vpn.conf", server_text(tmp_path, server_id=None))
+    (tmp_path / "run").mkdir()
+    daemon = FakeDaemon(control.socket_path(str(tmp_path / "run"), "vpn0"), {"ok": True})
+    try:
+        result = add_client(str(conf), "a", reload=True, rng=counting_rng())
+    finally:
+        daemon.close()
+    assert result.reloaded is True
+    assert any(n.startswith("restart vpncryptd on vpn0") for n in result.notes)
+
+
+def test_generated_server_ids_are_never_0():
+    draws = iter([bytes(4), bytes(4), b"\xff\xff\xff\xff"])
+    assert provision.generate_server_id(lambda n: next(draws)) == config.MAX_SERVER_ID
+    with pytest.raises(ProvisionError):
+        provision.generate_server_id(lambda n: bytes(n))
+
+
+def test_a_removed_clients_key_file_is_never_reused(laptop, tmp_path):
+    added = add_client(str(laptop), "phone", reload=False)
+    old_key = (tmp_path / "phone.key").read_text()
+    removed = remove_client(str(laptop), "phone", reload=False)
+    assert any("never reuses it" in n for n in removed.notes)
+    before = laptop.read_bytes()
+    with pytest.raises(ProvisionError) as e:
+        add_client(str(laptop), "phone", reload=False)
+    message = str(e.value)
+    assert message.startswith(f"{tmp_path / 'phone.key'}: already exists")
+    assert "never reuses" in message and "\n" not in message and old_key.strip() not in message
+    assert laptop.read_bytes() == before
+    assert (tmp_path / "phone.key").read_text() == old_key
+    # Once the operator deals with the old file: a fresh key, never the old one.
+    (tmp_path / "phone.key").unlink()
+    again = add_client(str(laptop), "phone", reload=False)
+    assert (tmp_path / "phone.key").read_text() != old_key
+    assert config.parse(again.client_config, "c").key != config.parse(added.client_config, "c").key
+
+
+def test_two_servers_never_get_the_same_client_key(tmp_path):
+    """Two server configs side by side (key files beside them): the second add-client of
+    a name refuses the first one's key file rather than share it."""
+    one = write(tmp_path / "one.conf", server_text(tmp_path, server_id=None))
+    two = write(tmp_path / "two.conf", server_text(tmp_path, server_id=None)
+                .replace("interface = vpn0", "interface = vpn1"))
+    first = add_client(str(one), "laptop", reload=False)
+    with pytest.raises(ProvisionError) as e:
+        add_client(str(two), "laptop", reload=False)
+    assert str(e.value).startswith(f"{tmp_path / 'laptop.key'}: already exists")
+    second = add_client(str(two), "laptop2", reload=False)
+    a, b = (config.parse(r.client_config, "c") for r in (first, second))
+    assert a.key != b.key
+    assert a.server_id != b.server_id and 0 not in (a.server_id, b.server_id)
 
 
 # --------------------------------------------------------------------------- files

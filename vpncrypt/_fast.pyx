@@ -178,7 +178,7 @@ cdef class Engine:
     cdef int npeers, cap, nfree       # slots in use or emptied; capacity; emptied ones
     cdef int32_t *by_id
     cdef Routes routes
-    cdef public double clock_offset   # seconds added to CLOCK_REALTIME (client time sync)
+    cdef public double clock_offset   # the protocol clock minus the steady one (VC_STEADY)
     cdef public bint hold_tx          # client: data waits for the first time sync
     cdef public int mtu               # tunnel MTU: bigger TUN packets get ICMP (0: no check)
     cdef uint64_t drops[N_REASONS]
@@ -209,6 +209,8 @@ cdef class Engine:
         self.frame_prefix, self.server_id = frame_prefix, server_id
         self.keep = []
         self.sample_tokens = 0.0
+        # The wall clock until the daemon sets the protocol clock's base.
+        self.clock_offset = clock_now(CLOCK_REALTIME) - clock_now(VC_STEADY)
 
     def __dealloc__(self):
         cdef int i
@@ -331,13 +333,6 @@ cdef class Engine:
         """protocol/replay.py ReplayWindow.restore for this peer's DATA window."""
         window_restore(&self.peer(idx).window, floor)
 
-    def shift_window(self, int idx, int64_t delta):
-        """protocol/replay.py ReplayWindow.shift for this peer's DATA window."""
-        cdef Window *w = &self.peer(idx).window
-        if w.has_newest:
-            w.newest += delta
-            w.floor += delta
-
     def window_newest(self, int idx):
         """The newest accepted DATA timestamp of this peer, or None."""
         cdef Window *w = &self.peer(idx).window
@@ -352,10 +347,6 @@ cdef class Engine:
         if len(state) != sizeof(Window):
             raise ValueError("not a replay window of this build")
         memcpy(&self.peer(idx).window, <const char *>state, sizeof(Window))
-
-    def reset_window(self, int idx):
-        """Forget the replay state of a peer (the client's clock moved back past it)."""
-        memset(&self.peer(idx).window, 0, sizeof(Window))
 
     def foreign_counts(self):
         """{client id: DATA and keepalives from other addresses than its endpoint} since the

@@ -247,7 +247,7 @@ cdef void udp_loop(Engine self) noexcept nogil:
             if got <= 0:
                 break
             mono = clock_now(CLOCK_MONOTONIC)
-            now_s = <int64_t>(clock_now(CLOCK_REALTIME) + self.clock_offset)
+            now_s = <int64_t>(clock_now(VC_STEADY) + self.clock_offset)
             saw_gro = 0
             for i in range(got):
                 base = inbufs + <size_t>i * SLOT

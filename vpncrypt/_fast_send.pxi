@@ -240,7 +240,7 @@ cdef void tun_loop(Engine self) noexcept nogil:
         return
     while self.wait(self.tun_fd, POLLIN):
         mono = clock_now(CLOCK_MONOTONIC)
-        ts = <int64_t>(clock_now(CLOCK_REALTIME) + self.clock_offset)
+        ts = <int64_t>(clock_now(VC_STEADY) + self.clock_offset)
         reads = 0
         while reads < BATCH:
             r = read(self.tun_fd, inbuf, SLOT + HEADROOM)

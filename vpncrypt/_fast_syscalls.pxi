@@ -8,7 +8,19 @@ from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp
 from libc.errno cimport errno, EAGAIN, EINTR, EIO, EINVAL
 from posix.unistd cimport read, write
-from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME, CLOCK_MONOTONIC
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
+
+# The protocol clock's steady part (daemon/runtime.py steady): never stepped, and on
+# Linux it counts suspended time too.
+cdef extern from *:
+    """
+    #ifdef CLOCK_BOOTTIME
+    #define VC_STEADY CLOCK_BOOTTIME
+    #else
+    #define VC_STEADY CLOCK_MONOTONIC
+    #endif
+    """
+    int VC_STEADY
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()

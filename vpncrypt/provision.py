@@ -9,9 +9,12 @@ What they promise
 
 * **Nothing else in the file changes.** A new ``[client NAME]`` section is appended
   after one blank line (and after a line break, if the file did not end with one);
-  every existing byte (comments, order, blank lines, line endings) is kept. Removal
-  deletes one section and nothing else (see :func:`remove_client` for the exact span),
-  so removing what :func:`add_client` added gives back the previous file byte for byte.
+  every existing byte (comments, order, blank lines, line endings) is kept. The one
+  exception is the first client of a server without ``server_id``: a ``server_id =``
+  line is inserted too (see *Server id* below). Removal deletes one section and
+  nothing else (see :func:`remove_client` for the exact span), so removing what
+  :func:`add_client` added gives back the previous file byte for byte (the inserted
+  ``server_id`` stays: the id must not change under the server's clients).
 * **Never a broken or half-written file.** The new text is validated with
   :func:`vpncrypt.config.parse` first; it is written to ``FILE.tmp`` in the same
   directory (created exclusively, with the original mode, owner and group), fsynced,
@@ -41,7 +44,19 @@ Choices
   daemon running as that user can read it on reload.
 * **Removal leaves the key file in place** (the note names it): deleting key material
   is the operator's call. Adding a client of the same name again is refused while that
-  key file exists (a key file is never overwritten).
+  key file exists: add-client never overwrites a key file and never reuses the key in
+  one (it may be a removed client's, or a client's of another server whose key files
+  are in the same directory), and it does not move it aside either, so nothing happens
+  to key material behind the operator's back. The error names the file.
+* **Server id:** ``server_id`` is bound into the key schedule and the AD; it is what
+  makes a packet captured at one server useless at another that shares a client key,
+  so it must differ between servers, and 0 is what every server that omits it gets.
+  The first client added to a server config that has no ``server_id`` line inserts
+  ``server_id = N`` (random, 1..MAX_SERVER_ID, from the same rng as the keys) after the
+  last value of ``[server]``: written in the file, it stays the same across restarts.
+  A server config that has no ``server_id`` but already has clients is an
+  installation whose clients all use id 0: changing it would cut every one of them
+  off, so it stays 0 and the notes say why that is risky and how to move.
 """
 
 from __future__ import annotations
@@ -62,6 +77,7 @@ __all__ = [
     "Removed",
     "add_client",
     "remove_client",
+    "generate_server_id",
     "PLACEHOLDER_HOST",
 ]
 
@@ -143,17 +159,24 @@ def add_client(config_path: str, name: str, endpoint: str | None = None, *, relo
     allowed = tuple(ipaddress.ip_network(f"{ip}/{ip.max_prefixlen}") for ip, _ in hosts)
     key = generate_key(rng)
 
+    newline = "\r\n" if "\r\n" in text.split("\n", 1)[0] + "\n" else "\n"
+    sections = _client_sections(text, path)  # name -> that section's raw values
+    # Only a server nobody uses yet gets an id: with clients, 0 is what they all use.
+    new_server_id = None
+    server_id = cfg.server_id
+    if not cfg.clients and "server_id" not in _server_section(text, path):
+        new_server_id = server_id = generate_server_id(rng)
+        text = _insert_server_id(text, path, server_id, newline)
+
     server_value, server_comment = _server_value(cfg, endpoint, path)
     client_text = _client_config(name, client_id, server_value, server_comment, cfg, key,
-                                 addresses)
+                                 addresses, server_id)
     try:
         configmod.parse(client_text, f"<client config for {name}>")
     except configmod.ConfigError as e:
         # Only the endpoint comes from outside: anything else would be our own bug.
         raise ProvisionError(f"{path}: --endpoint {endpoint!r}: {e.problem}") from None
 
-    newline = "\r\n" if "\r\n" in text.split("\n", 1)[0] + "\n" else "\n"
-    sections = _client_sections(text, path)  # name -> that section's raw values
     inline = bool(sections) and all("key" in values for values in sections.values())
     key_file = None
     if not inline:
@@ -172,9 +195,12 @@ def add_client(config_path: str, name: str, endpoint: str | None = None, *, relo
         _create_key_file(key_file, key, st)
     try:
         try:
-            configmod.parse(new_text, path)
+            new_cfg = configmod.parse(new_text, path)
         except configmod.ConfigError as e:
             raise ProvisionError(f"{path}: the new configuration would be invalid: {e}") from None
+        if new_cfg.server_id != server_id:  # the inserted line must be the one in force
+            raise ProvisionError(f"{path}: could not add server_id = {server_id} to [server]; "
+                                 "nothing written (set server_id there, then try again)")
         _replace(target, path, data, new_text.encode("utf-8"), st)
     except BaseException:
         if key_file is not None:
@@ -188,10 +214,24 @@ def add_client(config_path: str, name: str, endpoint: str | None = None, *, relo
         notes.append(f"key written to {key_file} (mode 0600)")
     else:
         notes.append(f"key written inline in {path} (its other clients have inline keys)")
+    if new_server_id is not None:
+        notes.append(f"server_id = {new_server_id} (random) added to [server] of {path}: an id "
+                     "of its own, so that this server's client keys are useless at any "
+                     "other server; its clients' configs carry the same id")
+    elif server_id == 0:
+        notes.extend(configmod.warnings_for(cfg))
+        notes.append(f"the new client gets server_id = 0 to match; to move {path} to an id "
+                     "of its own, set server_id = N (vpncrypt genid) in its [server] and in "
+                     "every one of its clients' configs, then restart all of them together")
     if server_comment:
         notes.append(f"edit 'server =' in the client config: {server_comment}")
     notes.append("the client config holds the key: install it on the client with mode 0600")
     reloaded = _reload(cfg, notes) if reload else False
+    sock = control.socket_path(cfg.state_dir, cfg.interface)
+    if reload and new_server_id is not None and os.path.exists(sock):
+        # A reload keeps the running server id (it is restart-only in the daemon).
+        notes.append(f"restart vpncryptd on {cfg.interface}: it uses the new server_id only "
+                     "after a restart (it had no clients, so a restart disturbs nobody)")
     return Provisioned(name=name, id=client_id, addresses=addresses, allowed_ips=allowed,
                        key_file=key_file, client_config=client_text, notes=tuple(notes),
                        reloaded=reloaded)
@@ -246,13 +286,23 @@ def remove_client(config_path: str, name: str, *, reload=True) -> Removed:
              f"the previous version is {target}.bak"]
     if key_file is not None:
         notes.append(f"the key file {key_file} was left in place; delete it if {name} "
-                     "is not coming back")
+                     "is not coming back (add-client never reuses it: move it away or delete "
+                     f"it before adding {name} again)")
     reloaded = _reload(cfg, notes) if reload else False
     return Removed(name=name, id=peer.id, key_file=key_file, notes=tuple(notes),
                    reloaded=reloaded)
 
 
 # --------------------------------------------------------------------------- choices
+
+
+def generate_server_id(rng=os.urandom) -> int:
+    """A random server id, 1..MAX_SERVER_ID: never 0, the id of every server without one."""
+    for _ in range(64):
+        value = int.from_bytes(rng(4), "big") & configmod.MAX_SERVER_ID
+        if value:
+            return value
+    raise ProvisionError("the random number generator returned only zeros")
 
 
 def _free_id(cfg, path) -> int:
@@ -329,7 +379,8 @@ def _server_value(cfg, endpoint, path) -> tuple[str, str | None]:
     return endpoint, None
 
 
-def _client_config(name, client_id, server_value, server_comment, cfg, key, addresses) -> str:
+def _client_config(name, client_id, server_value, server_comment, cfg, key, addresses,
+                   server_id) -> str:
     server_line = f"server = {server_value}"
     if server_comment:
         server_line += f"  ; {server_comment}"
@@ -339,7 +390,7 @@ def _client_config(name, client_id, server_value, server_comment, cfg, key, addr
         "[client]",
         f"id = {client_id}",
         server_line,
-        f"server_id = {cfg.server_id}",
+        f"server_id = {server_id}",
         f"key = {key}",
         f"interface = {CLIENT_INTERFACE}",
         "address = " + ", ".join(str(a) for a in addresses),
@@ -382,6 +433,35 @@ def _find_header(ctx, name) -> int:
         if mo is not None and mo.group("name").strip() == name:
             return line
     raise ProvisionError(f"{ctx.path}: no [client {name}] section")  # parse found it: not reached
+
+
+def _insert_server_id(text, path, server_id, newline) -> str:
+    """text with ``server_id = N`` as a new line after the last value of [server].
+
+    After the last line that holds a value (not after the header): a first key that is
+    indented would otherwise become a continuation of the new line. Only blank and
+    comment lines can follow it inside the section, so nothing else changes meaning."""
+    lines = _split_lines(text)
+    ctx = configmod.ini._Context(path, _normalise(text))
+    header = next(line for h, line in ctx.section_lines.items() if h.strip() == "server")
+    later = [n for n in ctx.section_lines.values() if n > header]
+    stop = (min(later) - 1) if later else len(lines)  # index of the next header, 0-based
+    last = header - 1
+    for index in range(header, stop):
+        raw = lines[index].rstrip("\r\n")
+        if raw[: configmod.ini._comment_start(raw)].strip():
+            last = index
+    if not lines[last].endswith(("\n", "\r")):
+        lines[last] += newline
+    lines.insert(last + 1, f"server_id = {server_id}{newline}")
+    return "".join(lines)
+
+
+def _server_section(text, path) -> dict:
+    """{key: raw value} of the [server] section."""
+    cp = configmod.ini._new_parser()
+    cp.read_string(_normalise(text), source=path)
+    return next((dict(cp[h]) for h in cp.sections() if h.strip() == "server"), {})
 
 
 def _client_sections(text, path) -> dict:
@@ -446,8 +526,9 @@ def _create_key_file(key_file, key, st) -> None:
         fd = os.open(key_file, flags, 0o600)
     except FileExistsError:
         raise ProvisionError(
-            f"{key_file}: already exists; it is not overwritten (remove it, or choose another "
-            "client name)"
+            f"{key_file}: already exists (a removed client's key, or a client's of another "
+            "server?); add-client never reuses or overwrites a key file: move it away or "
+            "delete it, or choose another client name"
         ) from None
     except OSError as e:
         raise ProvisionError(f"{key_file}: cannot create the key file: {_strerror(e)}") from None

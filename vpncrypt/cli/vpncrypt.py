@@ -2,6 +2,7 @@
 
 Usage:
   vpncrypt genkey
+  vpncrypt genid
   vpncrypt check-config FILE
   vpncrypt show [INTERFACE] [--json | --prometheus] [--state-dir=DIR]
   vpncrypt add-client NAME --config=FILE [--endpoint=HOST:PORT]
@@ -12,11 +13,15 @@ Usage:
 Commands:
   genkey        Print a fresh 256-bit key (base64). Keys are symmetric: the same key
                 goes in the server's [client NAME] section and in that client's file.
-  check-config  Validate a configuration file without starting anything.
+  genid         Print a fresh random server id (1-4294967295) for server_id: every
+                server needs its own, and its clients the same.
+  check-config  Validate a configuration file without starting anything; warn (on
+                stderr) about a valid but risky one, e.g. server_id 0.
   show          Status of the running daemons (all, or the one on INTERFACE): a table,
                 the JSON document (--json, see docs/CONTROL.md) or Prometheus text.
   add-client    Add [client NAME] to a server config (next free id and addresses, a new
-                key), reload the running daemon, print the client's config on stdout.
+                key; a random server_id for the first client of a server without one),
+                reload the running daemon, print the client's config on stdout.
   remove-client Remove [client NAME] from a server config and reload the running daemon.
 
 Options:
@@ -43,6 +48,10 @@ def main(argv=None) -> None:
         from ..protocol.keys import generate_key
 
         print(generate_key())
+    elif args["genid"]:
+        from ..provision import generate_server_id
+
+        print(generate_server_id())
     elif args["check-config"]:
         from .. import config as configmod
 
@@ -54,6 +63,9 @@ def main(argv=None) -> None:
             print(f"{cfg.path}: OK (server, {len(cfg.clients)} clients)")
         else:
             print(f"{cfg.path}: OK (client id {cfg.id}, server {cfg.server_host}:{cfg.server_port})")
+        # Valid, so still status 0: the FreeBSD rc script starts on it and shows this.
+        for warning in configmod.warnings_for(cfg):
+            print(f"{PROG}: warning: {warning}", file=sys.stderr)
     elif args["show"]:
         show(args)
     elif args["add-client"] or args["remove-client"]:

@@ -117,6 +117,8 @@ def main(argv=None) -> None:
             fail(PROG, "--crypto=native: the extension vpncrypt._fast is not built")
     foreground = args["--foreground"]
     logs.setup(args["--verbose"], foreground)
+    for warning in configmod.warnings_for(cfg):
+        logs.log.warning("%s", warning)
     if cfg.role == "server":
         from ..daemon.server import Server as Daemon
     else:

@@ -15,7 +15,8 @@ ini (INI reading with line numbers), sections (section rules and cross-checks), 
   ``allowed_ips``, no client owning the server's own tunnel address;
 * the error contract: every problem with the input becomes a :class:`ConfigError`
   whose ``str()`` is exactly one line naming the file, the line (or section/key)
-  and the problem, and never contains key material.
+  and the problem, and never contains key material;
+* what is valid but risky: :func:`warnings_for` (one line each, for the tools to show).
 
 The result is a frozen :class:`ServerConfig` or :class:`ClientConfig`. Nothing here
 opens sockets or touches interfaces; the only files read are the config file itself
@@ -46,6 +47,7 @@ __all__ = [
     "load",
     "parse",
     "load_key_file",
+    "warnings_for",
     "DEFAULT_STATE_DIR",
     "DEFAULT_KEEPALIVE",
     # The limits and key names each part enforces, in one namespace for the tools and docs.
@@ -99,6 +101,29 @@ def load(path) -> ServerConfig | ClientConfig:
             line=line,
         )
     return config
+
+
+def warnings_for(config: ServerConfig | ClientConfig) -> tuple[str, ...]:
+    """One-line warnings about a valid configuration (no key material in them).
+
+    A server id of 0 is what every server gets that leaves ``server_id`` unset. The id
+    is bound into the key schedule and the AD, which is all that stops packets captured
+    at one server from being accepted by another that shares a client key: two servers
+    with id 0 and a client key in common accept each other's captured packets. Nothing
+    in one file can show whether another server shares the key, hence a warning for the
+    id alone. (Refusing 0 would cut off every installation made before ids were set.)
+    """
+    if config.server_id != 0:
+        return ()
+    if config.role == "server":
+        return (f"{config.path}: [server] server_id is 0, the id of every server that leaves "
+                "it unset: a client key used on two servers with the same id lets packets "
+                "captured at one be replayed at the other; give each server an id of its own "
+                "(vpncrypt genid) and set the same in its clients' configs, together",)
+    return (f"{config.path}: [client] server_id is 0, the id of every server that leaves it "
+            "unset: if this key is also used with another server whose id is 0, packets "
+            "captured at one can be replayed at the other; use the server's own id once it "
+            "has one",)
 
 
 _INLINE_KEY = re.compile(r"^[^\S\n]*key[^\S\n]*=", re.MULTILINE | re.IGNORECASE)

@@ -7,8 +7,7 @@ import socket
 import time
 
 from ..protocol.session import ClientSession, Opened
-from ..protocol.wire import (FROM_SERVER, KEEPALIVE_BODY, MIN_PACKET, OVERHEAD, STALE_AFTER,
-                             Drop, Kind)
+from ..protocol.wire import FROM_SERVER, KEEPALIVE_BODY, MIN_PACKET, OVERHEAD, Drop, Kind
 from .budgets import CTL_RATE, Bucket
 from .logs import kv, log
 from . import fastpath
@@ -51,7 +50,6 @@ class Client(Runtime):
         super().__init__(config, crypto)
         self.session = ClientSession(config.id, config.server_id, config.key, self.context_class)
         self._python_sender = self.session.sender
-        self.offset = 0.0  # seconds added to the local clock to get the server's time
         self.synced = False
         self.sync_attempt = 0
         self.next_sync = 0.0
@@ -65,10 +63,6 @@ class Client(Runtime):
         self._resolving = False
         self._resolved = None
         self.control_budget = Bucket(CTL_RATE)  # the Python loop's (the engine has its own)
-
-    def now(self) -> float:
-        """The protocol clock: the local clock corrected by time sync."""
-        return time.time() + self.offset
 
     def start(self) -> None:
         cfg = self.config
@@ -111,7 +105,7 @@ class Client(Runtime):
         if window is not None:  # the server's packets are judged by one window, kept
             engine.load_window_state(0, window)
         self.session.sender = fastpath.EngineSender(engine, 0, False)
-        engine.clock_offset = self.offset
+        engine.clock_offset = self.clock_base
         engine.hold_tx = not self.synced
         if self.server:
             engine.set_endpoint(0, self.server[1][0], self.server[1][1])
@@ -194,24 +188,17 @@ class Client(Runtime):
         self.next_sync = mono + delay
 
     def apply_clock(self, correction: float) -> None:
-        self.offset += correction
-        if self.native is not None:
-            self.native.engine.clock_offset = self.offset
-        if correction < -STALE_AFTER:
-            # Our clock was ahead and the server's packets were judged by it; start the
-            # window afresh or every packet of the server would look stale.
-            if self.native is not None:
-                self.native.engine.reset_window(0)
-            else:
-                self.session.receiver.window.reset()
-            log.info("clock: moved back %.0f s; replay window for the server restarted",
-                     -correction)
+        # The replay window is left alone, whatever the correction: it holds the server's
+        # timestamps, and the server's clock never goes back (protocol/clock.py). A
+        # correction changes only which packets are inside the +-128 s clock window, so
+        # nothing refused as stale or as a replay before it is accepted after it.
+        self.set_clock_base(self.clock_base + correction)
         if not self.synced:
             self.floor_at_first_sync()
         self.sync_attempt = 0
         self.next_sync = time.monotonic() + RESYNC_EVERY
         if abs(correction) >= 1.0 or not self.synced:
-            total = self.offset
+            total = self.now() - time.time()
             log.info(kv("clock-sync", correction=f"{correction:+.3f}s",
                         local_clock_off_by=f"{-total:+.3f}s",
                         note="using the server's time" if abs(total) >= 1.0 else "in sync"))
@@ -384,7 +371,7 @@ class Client(Runtime):
             "server_id": self.config.server_id,
             "keepalive": self.config.keepalive,
             "clock_synced": self.synced,
-            "clock_offset": round(self.offset, 3),
+            "clock_offset": round(self.now() - time.time(), 3),
             "last_rx_seconds": round(mono - last_rx, 3) if last_rx else None,
         })
         return doc

@@ -26,6 +26,14 @@ BATCH = 64  # packets drained per readiness event, so neither side starves the o
 TICK = 0.5  # seconds between timer checks (and replay-state saves)
 REPLAY_MARGIN = 2  # seconds added to the saved newest timestamp on restore
 SOCKET_BUFFER = 4 << 20
+STEP_LOGGED = 1.0  # seconds: a wall clock jump at least this large is logged
+# The protocol clock's steady part: never stepped, and on Linux it counts suspended
+# time too (the native loop reads the same clock: _fast_syscalls.pxi VC_STEADY).
+STEADY = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
+def steady() -> float:
+    return time.clock_gettime(STEADY)
 
 
 class FatalError(Exception):
@@ -127,7 +135,10 @@ class Runtime:
         self.native = None  # fastpath.NativePath when DATA packets take the native loop
         self._saved_replay = {}
         self.replay_files = None  # ReplayStateFiles, opened before the privilege drop
-        self._wall_offset = None  # wall clock minus monotonic clock, to notice steps
+        self._wall_offset = None  # wall clock minus steady clock, to notice steps
+        # The protocol clock is steady() + clock_base; only the clock rules move the base
+        # (the server: protocol/clock.py; the client: time sync).
+        self.clock_base = time.time() - steady()
         self.mtu = None
         self.started = time.monotonic()
 
@@ -359,22 +370,27 @@ class Runtime:
         self._saved_replay = state
 
     def follow_clock_steps(self) -> None:
-        """If our wall clock stepped back further than the clock window plus staleness,
-        shift every replay window with it: senders that follow our time (time sync) would
-        otherwise be stale for the whole step. Smaller steps are left alone (a stall of at
-        most ~133 s): shifting them would let packets captured just before the step be
-        replayed, while after a larger step those fall outside the ±128 s window."""
-        offset = round(time.time() - time.monotonic())
+        """Every tick: log a step of the wall clock. The protocol clock never follows one
+        back (it runs on the steady clock; the server moves its base by
+        protocol/clock.py), so replay windows never move: what they refused before a
+        step stays refused after it."""
+        offset = time.time() - steady()
         previous, self._wall_offset = self._wall_offset, offset
-        if previous is None or offset - previous >= -(wire.CLOCK_WINDOW + wire.STALE_AFTER):
-            return
-        delta = offset - previous
-        for _, windows, index in self.replay_windows():
-            for w in windows:
-                w.shift(delta)
-            if index is not None:
-                self.native.engine.shift_window(index, delta)
-        log.warning(kv("clock-step", seconds=delta, action="replay windows moved with it"))
+        if previous is not None and abs(offset - previous) >= STEP_LOGGED:
+            log.warning(kv("clock-step", seconds=round(offset - previous),
+                           action=self.clock_step_action(offset - previous)))
+
+    def clock_step_action(self, delta: float) -> str:
+        return "none: the protocol clock runs on the server's time"
+
+    def set_clock_base(self, base: float) -> None:
+        self.clock_base = base
+        if self.native is not None:
+            self.native.engine.clock_offset = base
+
+    def restore_clock(self, saved: dict) -> None:
+        """Before the start floor is taken: whatever of the protocol clock the saved state
+        carries (the server's; a client's clock is the server's)."""
 
     def start_floor(self) -> int | None:
         """The protocol time before which nothing is accepted from any sender when this
@@ -386,6 +402,7 @@ class Runtime:
         saved, problem = self.replay_files.load()
         if problem:
             log.warning("ignoring unreadable replay state %s: %s", self.replay_path(), problem)
+        self.restore_clock(saved)
         restored = 0
         start = self.start_floor()
         for key, windows, index in self.replay_windows():
@@ -557,8 +574,8 @@ class Runtime:
         return why
 
     def now(self) -> float:
-        """The protocol clock (the client corrects it by time sync)."""
-        return time.time()
+        """The protocol clock, what every timestamp is sealed and judged by."""
+        return steady() + self.clock_base
 
     def write_tun(self, packet) -> bool:
         try:

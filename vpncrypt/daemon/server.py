@@ -6,6 +6,7 @@ import ipaddress
 import socket
 import time
 
+from ..protocol.clock import SLEW, ServerClock
 from ..protocol.session import Opened, Reply, ServerCore
 from ..protocol.wire import KEEPALIVE_BODY, MIN_PACKET, OVERHEAD, Drop, Kind
 from .logs import kv, log
@@ -13,11 +14,12 @@ from .routing import AllowedIPs
 from . import fastpath, ippacket, sockfilter
 from .budgets import CTL_RATE, ROAM_RATE, Bucket
 from .pinning import PINNED_KINDS, Pins
-from .runtime import BATCH, Counters, Runtime, flatten, format_addr
+from .runtime import BATCH, Counters, Runtime, flatten, format_addr, steady
 
 # The types the Python loop budgets per client before the core decides them: DATA from
 # elsewhere (roaming), keepalives and time requests (control).
 _BUDGETED = frozenset({Kind.DATA, Kind.KEEPALIVE, Kind.TIME_REQUEST})
+CLOCK_AHEAD = "clock-ahead"  # replay-state entry: seconds our clock is ahead of the wall
 
 
 @contextlib.contextmanager
@@ -77,6 +79,8 @@ class Server(Runtime):
 
     def __init__(self, config, crypto=None):
         super().__init__(config, crypto)
+        self.clock = ServerClock(time.time(), steady())
+        self.clock_base = self.clock.base
         self.core = ServerCore(config.server_id, self.context_class)
         self.peers = {}
         self.pins = Pins(ROAM_RATE)
@@ -115,6 +119,7 @@ class Server(Runtime):
         self.open_control()
         if fastpath.wanted(self.crypto_path):
             self.native = fastpath.NativePath(self.tun, self.sock, True, cfg.server_id)
+            self.set_clock_base(self.clock_base)
             self.native_peers = {}
             self.sync_native()
         addrs = ", ".join(str(a) for a in cfg.addresses)
@@ -157,7 +162,7 @@ class Server(Runtime):
         """One datagram through the sans-IO core (the Python loop). The native twin is
         _fast_receive.pxi on_datagram: tests/test_receive_rules.py feeds both one table."""
         core, peers = self.core, self.peers
-        now = time.time() if now is None else now
+        now = self.now() if now is None else now
         may_open = None
         if len(data) >= MIN_PACKET and data[0] in _BUDGETED and self.native is None:
             # The native loop's budgets, at the same points (it already applied them to
@@ -210,7 +215,7 @@ class Server(Runtime):
         if kind == fastpath.EV_CONTROL and peer is not None:
             # Authenticated (and, keepalives, replay-checked) by the engine's window, the
             # only one this sender has while the native loop runs.
-            now = time.time()
+            now = self.now()
             result = (self.core.time_request(client_id, packet, now)
                       if reason == Kind.TIME_REQUEST else Opened(client_id, Kind(reason), packet))
             self.decided(result, len(packet) + OVERHEAD, addr, now)
@@ -290,7 +295,7 @@ class Server(Runtime):
                 packet = self.tun.read()
             except (BlockingIOError, InterruptedError):
                 return
-            now = time.time()
+            now = self.now()
             fields = ippacket.addresses(packet)
             peer = peers.get(routes.lookup(fields[0], fields[2])) if fields else None
             if peer is None or peer.endpoint is None:
@@ -336,6 +341,35 @@ class Server(Runtime):
         # Our own clock is the protocol clock: clients sync to it.
         return int(self.now())
 
+    # -- the protocol clock (protocol/clock.py) ----------------------------------------------
+
+    def follow_clock_steps(self) -> None:
+        super().follow_clock_steps()
+        if self.clock.follow(time.time(), steady()):
+            self.set_clock_base(self.clock.base)
+
+    def clock_step_action(self, delta: float) -> str:
+        if delta > 0:
+            return "the protocol clock follows; clients re-sync"
+        ahead = self.clock.ahead(time.time(), steady())
+        return (f"the protocol clock does not go back: {ahead:.0f} s ahead of the wall "
+                f"clock, given back at {SLEW * 1000:g} ms/s")
+
+    def restore_clock(self, saved: dict) -> None:
+        ahead = saved.get(CLOCK_AHEAD, 0)
+        if ahead:
+            self.clock = ServerClock(time.time(), steady(), ahead)
+            self.set_clock_base(self.clock.base)
+            log.info(kv("clock", ahead_of_wall=f"{ahead} s",
+                        why="it never goes back, and did not across this restart"))
+
+    def newest_timestamps(self) -> dict:
+        state = super().newest_timestamps()
+        ahead = int(self.clock.ahead(time.time(), steady()))
+        if ahead:  # changes once in 2000 s: no extra saves
+            state[CLOCK_AHEAD] = ahead
+        return state
+
     def replay_windows(self):
         # One window per sender: the engine's while the native loop runs, else the core's.
         if self.native is not None:
@@ -350,7 +384,7 @@ class Server(Runtime):
         return self.native.merged_counters(peer.counters, self.native.engine.index_of(peer.id))
 
     def last_rx_seconds(self, peer):
-        ages = [time.time() - peer.last_rx] if peer.last_rx else []
+        ages = [self.now() - peer.last_rx] if peer.last_rx else []
         if self.native is not None:
             engine_rx = self.native.engine.peer_stats(self.native.engine.index_of(peer.id))["last_rx"]
             if engine_rx:

@@ -27,7 +27,7 @@ class ReplayWindow:
         self.reset()
 
     def reset(self) -> None:
-        """Forget everything (the receiver's own clock moved back past the window)."""
+        """Forget everything: a new window."""
         self.newest = None  # newest accepted timestamp; None until the first packet
         self.floor = 0  # timestamp of the last (re)start of the sender's counter
         self.top = 0  # highest accepted counter
@@ -38,13 +38,6 @@ class ReplayWindow:
         is accepted, and a packet at `floor` only if its counter continues the window."""
         self.reset()
         self.newest = self.floor = floor
-
-    def shift(self, delta: int) -> None:
-        """The receiver's own clock stepped by `delta` seconds: move the window with it.
-        Only safe for steps beyond the clock window plus staleness (see the daemon)."""
-        if self.newest is not None:
-            self.newest += delta
-            self.floor += delta
 
     def check(self, timestamp: int, counter: int):
         """None if the packet may be fresh, else the Drop reason. Does not change state."""

@@ -6,6 +6,13 @@ the client's keys but with timestamp 0 in the associated data, because neither s
 can rely on the other's clock yet; freshness comes from the nonce instead. The server
 keeps no state for it, and a response is exactly as large as its request (no
 amplification). The client keeps only the one outstanding nonce.
+
+The server stamped its answer somewhere between the request's departure and the
+answer's arrival, so one exchange proves only that the correction lies in
+[server - received, server - sent]. An on-path attacker who delays packets can widen
+that interval but never move it off the truth; so after the first sync (the midpoint)
+the client moves its clock by the least amount that puts it inside the interval, and
+not at all when it already is: delay cannot walk the clock away step by step.
 """
 
 import math
@@ -43,11 +50,12 @@ def response_body(request: bytes, now: float):
 class ClockSync:
     """Client side: one request in flight; turns a matching response into a clock correction."""
 
-    __slots__ = ("nonce", "sent_at")
+    __slots__ = ("nonce", "sent_at", "synced")
 
     def __init__(self):
         self.nonce = None
         self.sent_at = 0.0
+        self.synced = False
 
     def request(self, nonce: bytes, now: float) -> bytes:
         self.nonce, self.sent_at = nonce, now
@@ -62,4 +70,9 @@ class ClockSync:
         if nonce != self.nonce or not 0 <= rtt <= MAX_RTT:
             return None
         self.nonce = None  # one answer per request: a replayed response is unsolicited
-        return server_us / 1_000_000 - (self.sent_at + now) / 2
+        server = server_us / 1_000_000
+        low, high = server - now, server - self.sent_at
+        if not self.synced:
+            self.synced = True
+            return (low + high) / 2
+        return min(max(0.0, low), high)
