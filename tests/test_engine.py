@@ -32,6 +32,39 @@ def test_native_window_decides_exactly_like_the_reference(events, start):
             assert nat.accept(ts, counter) == ref.accept(ts, counter)
 
 
+@settings(max_examples=300, deadline=None)
+@given(events=st.lists(st.tuples(st.booleans(), st.integers(-40, 40),
+                                 st.integers(-20000, 20000)), max_size=200),
+       start=st.integers(0, 2**32 - 1))
+def test_native_window_marks_time_requests_like_the_reference(events, start):
+    """Time requests (untimed) interleaved with timed packets: both windows classify
+    each request alike (replay, continues the window, unknown run) and then agree."""
+    fast = native()
+    ref, nat = replay.ReplayWindow(), fast.NativeWindow()
+    ts, counter = 1_000_000, start
+    for untimed, dts, dcounter in events:
+        ts += dts
+        counter = (counter + dcounter) & 0xFFFFFFFF
+        if untimed:
+            expected = ref.mark_untimed(counter)
+            assert nat.mark_untimed(counter) == (-1 if expected is replay.Drop.REPLAY
+                                                 else int(expected))
+            continue
+        expected = ref.check(ts, counter)
+        assert nat.check(ts, counter) == (0 if expected is None else int(expected))
+        if expected is None:
+            assert nat.accept(ts, counter) == ref.accept(ts, counter)
+
+
+def test_a_seen_time_request_is_a_replay():
+    w = replay.ReplayWindow()
+    assert w.mark_untimed(7) is False  # nothing known yet: untrusted
+    w.accept(100, 7)
+    assert w.mark_untimed(8) is True and w.mark_untimed(8) is replay.Drop.REPLAY
+    assert w.check(100, 8) is replay.Drop.REPLAY  # one window for every kind
+    assert w.mark_untimed(7 + replay.WINDOW + 5) is False  # no run this window knows
+
+
 def test_native_window_sequential_and_duplicates():
     fast = native()
     w = fast.NativeWindow()

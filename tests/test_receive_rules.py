@@ -64,9 +64,10 @@ def table(now: float):
     tampered = bytearray(data(_ipv4(CLIENT4, SERVER4, b"tampered"))[0])
     tampered[-1] ^= 1
     keepalive = client.seal(Kind.KEEPALIVE, KEEPALIVE_BODY, now)
+    time_request = client.time_request(now)
     newest, newest_inner = data(_ipv4(CLIENT4, SERVER4, b"newest"), now + 6)
     stale = data(_ipv4(CLIENT4, SERVER4, b"old"))[0]
-    # More control packets than the budget holds (three of it are spent above), all
+    # More control packets than the budget holds (four of it are spent above), all
     # fresh: the budget decides.
     burst = [client.seal(Kind.KEEPALIVE, KEEPALIVE_BODY, now + 6) for _ in range(int(CTL_RATE) + 20)]
     # Replays from another address cost no roaming budget (they are refused before the
@@ -97,12 +98,13 @@ def table(now: float):
             Drop.BAD_PACKET),
         one("keepalive", keepalive, True, answered(Kind.KEEPALIVE)),
         one("the same keepalive again", keepalive, True, Drop.REPLAY),
-        one("time request (untimed: its nonce is its freshness)", client.time_request(now),
-            True, answered(Kind.TIME_RESPONSE)),
+        one("time request (untimed: the window knows its counter)", time_request, True,
+            answered(Kind.TIME_RESPONSE)),
+        one("the same time request again", time_request, False, Drop.REPLAY),
         one("newest, 6 s ahead", newest, True, newest_inner),
         one("fresh counter, 6 s older than the newest", stale, True, Drop.STALE),
         ("keepalives over the control budget", burst, True,
-         [(answered(Kind.KEEPALIVE), int(CTL_RATE) - 3), (Drop.RATE_LIMITED, 23)],
+         [(answered(Kind.KEEPALIVE), int(CTL_RATE) - 4), (Drop.RATE_LIMITED, 24)],
          (CTL_RATE, answered(Kind.KEEPALIVE), Drop.RATE_LIMITED)),
         ("replays from another address", replays, False, [(Drop.REPLAY, len(replays))], None),
         one("DATA from a new address (roaming)", roamed, False, roamed_inner),

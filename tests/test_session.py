@@ -281,6 +281,45 @@ def test_time_sync_rejects_forgery_and_is_rate_limited(ctx):
     assert isinstance(srv.open(cl.time_request(0.0), NOW + 2), Reply)  # refilled
 
 
+def test_replayed_time_requests_cannot_use_up_the_clients_answers(ctx):
+    """Issue 16 part 2: an attacker who captured genuine time requests replays them, two a
+    second or a hundred at once. Within the client's run they are replays (its window has
+    their counters); from an older run, from another address, they spend that address's
+    budget. Either way the client's own next request is answered (the old core answered
+    the first replays and then refused the client as rate-limited)."""
+    srv, cl = pair(ctx)
+    assert srv.open(cl.seal(Kind.DATA, b"d", NOW), NOW, source="client").body == b"d"
+    captured = [cl.time_request(NOW + i) for i in range(3)]
+    for request in captured:
+        assert isinstance(srv.open(request, NOW + 1, source="client"), Reply)
+    # The same run: every replay is refused before it can cost anything.
+    for k in range(100):
+        for request in captured:
+            got = srv.open(request, NOW + 2 + k / 100, source=("elsewhere", k))
+            assert got == Dropped(Drop.REPLAY, 1, "time request seen before")
+    assert isinstance(srv.open(cl.time_request(NOW + 3), NOW + 3, source="client"), Reply)
+    # The client restarts (a new counter): the old run's requests are now untrusted;
+    # replayed from elsewhere they spend that address's answers, not the client's own.
+    restarted = ClientSession(1, 7, PSK_A, ctx)
+    assert srv.open(restarted.seal(Kind.DATA, b"r", NOW + 5), NOW + 5, source="client").body == b"r"
+    answered = [srv.open(r, NOW + 6, source="attacker") for r in captured * 30]
+    assert sum(type(a) is Reply for a in answered) == session.TIME_BURST
+    assert isinstance(srv.open(restarted.time_request(NOW + 6), NOW + 6, source="client"), Reply)
+    # A restarted client that has sent nothing timed yet is untrusted too, and still
+    # answered from its own address's budget.
+    again = ClientSession(1, 7, PSK_A, ctx)
+    for request in captured * 30:
+        srv.open(request, NOW + 7, source="attacker")
+    assert isinstance(srv.open(again.time_request(0.0), NOW + 7, source="new address"), Reply)
+
+
+def test_untrusted_time_request_budgets_are_bounded_per_client(ctx):
+    srv, cl = pair(ctx)
+    for k in range(10 * session.TIME_SOURCES):
+        srv.open(cl.time_request(0.0), NOW, source=("spoofed", k))
+    assert len(srv.peer(1).source_budgets) == session.TIME_SOURCES
+
+
 def test_time_response_from_other_server_rejected(ctx):
     _, cl = pair(ctx, server_id=7)
     other = ServerCore(8, ctx)

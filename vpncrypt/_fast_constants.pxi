@@ -30,6 +30,7 @@ DEF GRO_QUIET = 64        # full receive batches without a coalesced message: GR
 DEF GRO_RETRY = 1.0       # seconds until GRO is tried again
 # Event kinds sent to the Python side.
 DEF EV_CONTROL = 1     # an authenticated keepalive or time-sync packet: kind, plaintext
+DEF UNTRUSTED = 0x80   # in EV_CONTROL's kind: window_mark_untimed found no known run
 DEF EV_ENDPOINT = 2    # a client's endpoint changed (authenticated DATA from a new address)
 DEF EV_DROP = 3        # a sample of a dropped packet (rate-limited), for logs and diagnosis
 DEF EV_TOO_BIG = 4     # a TUN packet over the tunnel MTU: Python answers with ICMP (rate-limited)

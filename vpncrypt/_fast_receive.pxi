@@ -12,7 +12,7 @@ cdef void on_datagram(Engine self, uint8_t *pkt, Py_ssize_t n, const sockaddr_st
     front of where the plaintext goes. The Python loop's twin is daemon/server.py
     handle_datagram: tests/test_receive_rules.py feeds both one table of decisions."""
     cdef uint8_t addr[16]
-    cdef int idx, version, reason, moved, control
+    cdef int idx, version, reason, moved, control, known
     cdef Py_ssize_t body
     cdef uint8_t ptype
     cdef uint32_t cid, counter
@@ -52,18 +52,26 @@ cdef void on_datagram(Engine self, uint8_t *pkt, Py_ssize_t n, const sockaddr_st
         if not bucket_take(&p.ctl_tokens, &p.ctl_refilled, CTL_RATE, mono):
             self.drop(p, D_RATE_LIMITED, src, alen, pkt, 0, mono)
             return
+    counter = (pkt[4] << 24) | (pkt[5] << 16) | (pkt[6] << 8) | pkt[7]
+    if control:
         if (ptype & 0x7F) != KIND_KEEPALIVE:
             # Time sync is untimed (timestamp 0): the nonce it carries is its freshness.
             if not open_packet(p.open, self.server_id, 0, pkt, <int>body, plain):
                 self.drop(p, D_AUTH, src, alen, pkt, n, mono)
                 return
-            self.emit(EV_CONTROL, ptype & 0x7F, cid, src, alen, plain, body)
+            known = 1
+            if ptype == KIND_TIME_REQUEST:   # protocol/session.py ServerCore.open
+                known = window_mark_untimed(&p.window, counter)
+                if known < 0:
+                    self.drop(p, D_REPLAY, src, alen, pkt, n, mono)
+                    return
+            self.emit(EV_CONTROL, (ptype & 0x7F) | (0 if known else UNTRUSTED), cid, src,
+                      alen, plain, body)
             return
     ts = full_timestamp(pkt[3], now_s)
     if ts < 0:
         self.drop(p, D_AUTH, src, alen, pkt, n, mono)
         return
-    counter = (pkt[4] << 24) | (pkt[5] << 16) | (pkt[6] << 8) | pkt[7]
     reason = window_check(&p.window, ts, counter)
     if reason != D_NONE:
         self.drop(p, reason, src, alen, pkt, n, mono)

@@ -42,9 +42,41 @@ cdef int window_check(const Window *w, int64_t ts, uint32_t counter) noexcept no
     return D_NONE if ts > w.newest else D_REPLAY
 
 
+cdef inline void window_advance(Window *w, uint32_t counter, uint32_t ahead) noexcept nogil:
+    """Move the top `ahead` counters on to `counter`, marking it."""
+    cdef uint32_t c
+    if ahead >= WINDOW:
+        memset(w.bits, 0, sizeof(w.bits))
+    else:
+        c = w.top + 1
+        while c != counter:
+            window_clear(w, c)
+            c += 1
+    window_clear(w, counter)
+    window_mark(w, counter)
+    w.top = counter
+
+
+cdef int window_mark_untimed(Window *w, uint32_t counter) noexcept nogil:
+    """protocol/replay.py ReplayWindow.mark_untimed: -1 seen (a replay), 1 continues the
+    window (now marked), 0 from no run this window knows."""
+    cdef uint32_t ahead = counter - w.top, behind = w.top - counter
+    if not w.has_newest:
+        return 0
+    if 0 < ahead < WINDOW:
+        window_advance(w, counter, ahead)
+        return 1
+    if behind < WINDOW:
+        if window_seen(w, counter):
+            return -1
+        window_mark(w, counter)
+        return 1
+    return 0
+
+
 cdef int window_accept(Window *w, int64_t ts, uint32_t counter) noexcept nogil:
     """Record an authenticated packet that passed window_check; 1 if it restarted the window."""
-    cdef uint32_t ahead = counter - w.top, behind = w.top - counter, c
+    cdef uint32_t ahead = counter - w.top, behind = w.top - counter
     if not w.has_newest or not (0 < ahead <= MAX_JUMP or behind < WINDOW):
         restarted = w.has_newest
         memset(w.bits, 0, sizeof(w.bits))
@@ -56,16 +88,7 @@ cdef int window_accept(Window *w, int64_t ts, uint32_t counter) noexcept nogil:
         w.has_newest = 1
         return restarted
     if 0 < ahead <= MAX_JUMP:
-        if ahead >= WINDOW:
-            memset(w.bits, 0, sizeof(w.bits))
-        else:
-            c = w.top + 1
-            while c != counter:
-                window_clear(w, c)
-                c += 1
-        window_clear(w, counter)
-        window_mark(w, counter)
-        w.top = counter
+        window_advance(w, counter, ahead)
     else:
         window_mark(w, counter)
     if ts > w.newest:
@@ -96,3 +119,6 @@ cdef class NativeWindow:
 
     def accept(self, int64_t ts, uint32_t counter):
         return bool(window_accept(&self.w, ts, counter))
+
+    def mark_untimed(self, uint32_t counter):
+        return window_mark_untimed(&self.w, counter)

@@ -8,7 +8,8 @@ import time
 
 from ..protocol.session import ClientSession, Opened
 from ..protocol.wire import FROM_SERVER, KEEPALIVE_BODY, MIN_PACKET, OVERHEAD, Drop, Kind
-from .budgets import CTL_RATE, Bucket
+from ..protocol.bucket import Bucket
+from .budgets import CTL_RATE
 from .logs import kv, log
 from . import fastpath
 from .runtime import BATCH, Runtime, format_addr

@@ -16,6 +16,7 @@ import sys
 from ..protocol import wire
 
 EV_CONTROL, EV_ENDPOINT, EV_DROP, EV_TOO_BIG = 1, 2, 3, 4
+UNTRUSTED = 0x80  # in an EV_CONTROL's kind: a time request from no run the window knows
 # The Engine's offload flags (_fast.pyx OFF_*) and the Linux UDP socket options behind two.
 OFF_VNET, OFF_GSO, OFF_GRO, OFF_USO = 1, 2, 4, 8
 SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104

@@ -12,7 +12,8 @@ from ..protocol.wire import KEEPALIVE_BODY, MIN_PACKET, OVERHEAD, Drop, Kind
 from .logs import kv, log
 from .routing import AllowedIPs
 from . import fastpath, ippacket, sockfilter
-from .budgets import CTL_RATE, ROAM_RATE, Bucket
+from ..protocol.bucket import Bucket
+from .budgets import CTL_RATE, ROAM_RATE
 from .pinning import PINNED_KINDS, Pins
 from .runtime import BATCH, Counters, Runtime, flatten, format_addr, steady
 
@@ -179,7 +180,8 @@ class Server(Runtime):
                         return
                 elif addr != peer.endpoint:  # spent after the free checks, as natively
                     may_open = lambda: peer.may_open(addr, now)  # noqa: E731
-        self.decided(core.open(data, now, may_open), len(data), addr, now, may_open is not None)
+        self.decided(core.open(data, now, may_open, addr), len(data), addr, now,
+                     may_open is not None)
 
     def decided(self, result, size: int, addr, now: float, roaming: bool = False) -> None:
         """Act on the core's decision about one datagram of `size` bytes from `addr`; the
@@ -200,7 +202,8 @@ class Server(Runtime):
                 self.send_to(peer, self.core.seal(peer.id, Kind.KEEPALIVE, KEEPALIVE_BODY, now),
                              addr)
         elif type(result) is Reply:
-            # Time-sync requests are not replay-protected, so they never move the endpoint.
+            # A time request may be a replay from an older run of the client (unknown to
+            # its window): it never moves the endpoint; the answer goes to its source.
             self.send_to(peers[result.client_id], result.packet, addr)
         else:
             peer = peers.get(result.client_id)
@@ -215,9 +218,13 @@ class Server(Runtime):
         if kind == fastpath.EV_CONTROL and peer is not None:
             # Authenticated (and, keepalives, replay-checked) by the engine's window, the
             # only one this sender has while the native loop runs.
+            # (A time request's counter the engine's window has seen is dropped there;
+            # UNTRUSTED says it continues no run of the client's the window knows.)
             now = self.now()
-            result = (self.core.time_request(client_id, packet, now)
-                      if reason == Kind.TIME_REQUEST else Opened(client_id, Kind(reason), packet))
+            kind = reason & ~fastpath.UNTRUSTED
+            result = (self.core.time_request(client_id, packet, now,
+                                             not reason & fastpath.UNTRUSTED, addr)
+                      if kind == Kind.TIME_REQUEST else Opened(client_id, Kind(kind), packet))
             self.decided(result, len(packet) + OVERHEAD, addr, now)
         elif kind == fastpath.EV_ENDPOINT and peer is not None:
             self.new_endpoint(peer, addr, from_engine=True)

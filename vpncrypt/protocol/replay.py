@@ -10,6 +10,10 @@ Rules (docs/PROTOCOL.md, "Freshness and replay"):
   sent before a sender restart can be replayed after it.
 `check` is read-only and runs before any crypto; `accept` runs only after the packet
 authenticated, so forgeries can never move the window.
+
+Time requests are untimed (a client without a clock sends them), but they carry the
+sender's counter like every packet: `mark_untimed` refuses one whose counter this
+window has seen, so a replayed request is dropped before it can cost anything.
 """
 
 from .wire import STALE_AFTER, Drop
@@ -53,6 +57,26 @@ class ReplayWindow:
         if behind < WINDOW:
             return Drop.REPLAY if (self.bits >> behind) & 1 else None
         return None if timestamp > newest else Drop.REPLAY
+
+    def mark_untimed(self, counter: int):
+        """An authenticated untimed packet (a time request): Drop.REPLAY if its counter was
+        seen; True if it continues this window (now marked, newest unchanged); False if it
+        belongs to no run of the sender this window knows (a sender restarted since, or a
+        replay from an older run), which the caller must treat as untrusted."""
+        if self.newest is None:
+            return False
+        ahead = (counter - self.top) & _MASK32
+        if 0 < ahead < WINDOW:
+            self.bits = ((self.bits << ahead) | 1) & _WINDOW_MASK
+            self.top = counter
+            return True
+        behind = (self.top - counter) & _MASK32
+        if behind < WINDOW:
+            if (self.bits >> behind) & 1:
+                return Drop.REPLAY
+            self.bits |= 1 << behind
+            return True
+        return False
 
     def accept(self, timestamp: int, counter: int) -> bool:
         """Record an authenticated packet that passed `check`. True if it restarted the window."""

@@ -11,6 +11,7 @@ import math
 import os
 
 from . import keys, timesync, wire
+from .bucket import Bucket
 from .replay import ReplayWindow
 from .wire import FROM_SERVER, Drop, Kind
 
@@ -18,6 +19,7 @@ SKEW_PROBE_WINDOWS = 48  # +-48 * 256 s (about +-3.4 h) searched to diagnose clo
 SKEW_PROBE_INTERVAL = 10.0  # seconds between diagnoses per sender (each costs ~100 opens)
 TIME_BURST = 4  # time-sync answers a client may get at once ...
 TIME_RATE = 1.0  # ... refilled at this many per second
+TIME_SOURCES = 8  # addresses per client with a budget of their own for untrusted requests
 _U64_MAX = (1 << 64) - 1
 
 
@@ -238,11 +240,23 @@ class ClientSession:
 
 
 class _Peer:
-    __slots__ = ("psk", "sender", "receiver", "tokens", "refilled")
+    __slots__ = ("psk", "sender", "receiver", "time_budget", "source_budgets")
 
     def __init__(self, psk, sender, receiver):
         self.psk, self.sender, self.receiver = psk, sender, receiver
-        self.tokens, self.refilled = float(TIME_BURST), None
+        self.time_budget = Bucket(TIME_RATE, TIME_BURST)
+        self.source_budgets = {}  # source address -> Bucket, newest use last
+
+    def budget_of(self, source) -> Bucket:
+        """The answer budget of untrusted time requests from `source`: replays from other
+        addresses cannot spend the one of the client's own address."""
+        budget = self.source_budgets.pop(source, None)
+        if budget is None:
+            budget = Bucket(TIME_RATE, TIME_BURST)
+            if len(self.source_budgets) >= TIME_SOURCES:
+                del self.source_budgets[next(iter(self.source_budgets))]
+        self.source_budgets[source] = budget
+        return budget
 
 
 class ServerCore:
@@ -282,8 +296,9 @@ class ServerCore:
     def seal(self, client_id: int, kind: Kind, body, now: float) -> bytes:
         return self._peers[client_id].sender.seal(kind, body, now)
 
-    def open(self, packet, now: float, may_open=None):
-        """Decide one datagram from a client; `may_open` as for Receiver.open."""
+    def open(self, packet, now: float, may_open=None, source=None):
+        """Decide one datagram from `source` (an address, any hashable); `may_open` as for
+        Receiver.open."""
         fields = _parse(packet, wire.CLIENT_TYPES)
         if isinstance(fields, Dropped):
             return fields
@@ -293,31 +308,27 @@ class ServerCore:
             return Dropped(Drop.UNKNOWN_CLIENT, client_id)
         result = peer.receiver.open(packet, ptype, low8, counter, now, may_open)
         if isinstance(result, Opened) and result.kind == Kind.TIME_REQUEST:
-            return self.time_request(client_id, result.body, now)
+            known = peer.receiver.window.mark_untimed(counter)
+            if known is Drop.REPLAY:
+                return Dropped(Drop.REPLAY, client_id, "time request seen before")
+            return self.time_request(client_id, result.body, now, known, source)
         return result
 
-    def time_request(self, client_id: int, body: bytes, now: float):
-        """An authenticated time-sync request's body (opened here, or by the native loop):
-        the Reply to send back, or Dropped when over the client's answer budget or of the
-        wrong size."""
+    def time_request(self, client_id: int, body: bytes, now: float, known: bool, source):
+        """An authenticated time-sync request's body (opened here, or by the native loop),
+        not a replay within the client's window: the Reply to send back, or Dropped when
+        over its answer budget or of the wrong size.
+
+        Budgets are taken after authentication, so forgeries spend none. A request whose
+        counter continues the client's window (`known`) is the client's own and spends
+        the client's budget. Any other (the client restarted, or a replay of a request
+        from an older run of it, which only the window's past could tell apart) spends
+        the budget of the address it came from: a replay from elsewhere cannot use up
+        what the real client's address has."""
         peer = self._peers[client_id]
-        if not self._take_token(peer, now):
+        if not (peer.time_budget if known else peer.budget_of(source)).take(now):
             return Dropped(Drop.RATE_LIMITED, client_id)
         response = timesync.response_body(body, now)
         if response is None:
             return Dropped(Drop.MALFORMED, client_id, "time-sync request of wrong size")
         return Reply(client_id, peer.sender.seal(Kind.TIME_RESPONSE, response, now))
-
-    @staticmethod
-    def _take_token(peer: _Peer, now: float) -> bool:
-        # Taken after authentication: a forged request costs an open (and the loops cap
-        # control packets per client before that), but it can neither cause an answer
-        # nor use up the budget of the real client's requests.
-        if peer.refilled is not None:  # max(0, ...): a clock stepping back refills nothing
-            elapsed = max(0.0, now - peer.refilled)
-            peer.tokens = min(TIME_BURST, peer.tokens + elapsed * TIME_RATE)
-        peer.refilled = now
-        if peer.tokens < 1:
-            return False
-        peer.tokens -= 1
-        return True
