@@ -37,6 +37,7 @@ def test_server_config_with_ipv6_listen_and_defaults(tmp_path, monkeypatch):
             2,
             RAW2,
             (ip_network("10.77.0.3/32"), ip_network("fd77::3/128"), ip_network("192.168.50.0/24")),
+            str(tmp_path / "phone.key"),
         ),
     )
 
@@ -146,7 +147,7 @@ def test_key_file_relative_to_config_dir_with_parse(tmp_path, monkeypatch):
 SERVER_KEYS = "listen, interface, address, server_id, mtu, user, state_dir, offload, configure_interface"
 
 
-PEER_KEYS = "id, key, key_file, allowed_ips"
+PEER_KEYS = "id, key, key_file, ratchet, allowed_ips"
 
 
 BROKEN = [

@@ -259,6 +259,20 @@ cdef class Engine:
         self.by_id[client_id & 0xFFFF] = idx + 1
         return idx
 
+    def set_epoch_keys(self, int idx, int64_t boundary, SivContext seal0, SivContext open0,
+                       SivContext seal1, SivContext open1):
+        """A ratcheting client's timed keys (protocol/ratchet.py EpochContexts.engine_keys):
+        packets timestamped before `boundary` under seal0/open0, from it on under
+        seal1/open1. Safe while the loops run: the set before is kept alive too, for a
+        thread that may still be using it (sets change once an epoch, minutes apart)."""
+        cdef Peer *p = self.peer(idx)
+        held = self.keep[idx]
+        self.keep[idx] = (held[0], held[1], (seal0, open0, seal1, open1),
+                          held[2] if len(held) > 2 else None)
+        p.seal_t[1], p.open_t[1] = &seal1.siv, &open1.siv
+        p.seal_t[0], p.open_t[0] = &seal0.siv, &open0.siv
+        p.boundary = boundary
+
     def remove_peer(self, uint32_t client_id):
         """Forget a peer: its slot is emptied for the next add_peer (the indices of the
         others do not move) and its SIV contexts are let go; its packets are refused
@@ -314,7 +328,8 @@ cdef class Engine:
             raise ValueError("bad body size")
         out = PyBytes_FromStringAndSize(NULL, OVERHEAD + n)
         cdef uint8_t *o = <uint8_t *>PyBytes_AS_STRING(out)
-        if not seal_packet(p.seal, <uint8_t>ptype, p.id, self.server_id, timestamp,
+        if not seal_packet(p.seal if timestamp == 0 else timed_seal(p, <int64_t>timestamp),
+                           <uint8_t>ptype, p.id, self.server_id, timestamp,
                            vc_next_counter(&p.counter),
                            <const uint8_t *>PyBytes_AS_STRING(body), <int>n, o):
             raise RuntimeError("AES-SIV seal failed")

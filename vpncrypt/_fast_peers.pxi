@@ -7,7 +7,10 @@
 cdef struct Peer:
     uint32_t id
     Siv *seal                       # borrowed from the SivContexts in Engine.keep
-    Siv *open
+    Siv *open                       # (a ratcheting client's: untimed packets only)
+    Siv *seal_t[2]                  # a ratcheting client's timed keys (protocol/ratchet.py):
+    Siv *open_t[2]                  # [0] before `boundary`, [1] from it on; NULL: seal/open
+    int64_t boundary
     uint32_t counter
     Window window
     pthread_mutex_t lock            # guards endpoint
@@ -26,6 +29,19 @@ cdef struct Peer:
     double roam_refilled
     uint32_t foreign                # DATA and keepalives from other addresses (server), since
                                     # the last foreign_counts(): daemon/pinning.py
+
+
+cdef inline Siv *timed_seal(const Peer *p, int64_t ts) noexcept nogil:
+    """The key of a timed packet at `ts` (its epoch's, for a ratcheting client)."""
+    if p.seal_t[0] == NULL:
+        return p.seal
+    return p.seal_t[1] if ts >= p.boundary else p.seal_t[0]
+
+
+cdef inline Siv *timed_open(const Peer *p, int64_t ts) noexcept nogil:
+    if p.open_t[0] == NULL:
+        return p.open
+    return p.open_t[1] if ts >= p.boundary else p.open_t[0]
 
 
 cdef inline double clock_now(int which) noexcept nogil:

@@ -85,7 +85,7 @@ cdef void on_datagram(Engine self, uint8_t *pkt, Py_ssize_t n, const sockaddr_st
         # packets; then its address is the endpoint.
         self.drop(p, D_RATE_LIMITED, src, alen, pkt, 0, mono)
         return
-    if not open_packet(p.open, self.server_id, <uint64_t>ts, pkt, <int>body, plain):
+    if not open_packet(timed_open(p, ts), self.server_id, <uint64_t>ts, pkt, <int>body, plain):
         self.drop(p, D_AUTH, src, alen, pkt, n, mono)
         return
     if control:   # a keepalive: the Python side counts and answers it

@@ -27,7 +27,7 @@ cdef Peer *route(Engine self, const uint8_t *pkt, Py_ssize_t r) noexcept nogil:
 cdef int seal_into(Engine self, Peer *p, uint8_t *o, const uint8_t *body, Py_ssize_t n,
                    int64_t ts) noexcept nogil:
     """Header, tag and ciphertext of a DATA packet at o; body may be o + OVERHEAD."""
-    return seal_packet(p.seal, KIND_DATA | (FROM_SERVER if self.server else 0), p.id,
+    return seal_packet(timed_seal(p, ts), KIND_DATA | (FROM_SERVER if self.server else 0), p.id,
                        self.server_id, <uint64_t>ts, vc_next_counter(&p.counter), body,
                        <int>n, o)
 

@@ -1,17 +1,22 @@
-"""Key files: one base64 256-bit key, refused when group or others may access it, the
-way ssh refuses a private key."""
+"""Key files: one base64 256-bit key, or a ratcheting client's evolving state
+(config/ratchetfile.py), refused when group or others may access it, the way ssh
+refuses a private key."""
 
 import os
 import stat
 
 from ..protocol.keys import KeyFormatError, decode_key
+from ..protocol.ratchet import Ratchet
+from . import ratchetfile
 from .errors import ConfigError
 
 MAX_KEY_FILE_SIZE = 4096
 
 
-def load_key_file(path) -> bytes:
-    """Read a key file holding one base64 256-bit key; raise ConfigError naming the file.
+def load_key_file(path, ratchet: int | None = None):
+    """Read a key file: the 32-byte key, or with `ratchet` (the period, seconds) the
+    client's Ratchet, from the file's ratchet state or, before the daemon converted it,
+    from the key it holds. Raise ConfigError naming the file.
 
     Refused, like ssh refuses a private key, when group or others have any access.
     """
@@ -55,6 +60,27 @@ def load_key_file(path) -> bytes:
     data = b"".join(chunks)
     if len(data) > MAX_KEY_FILE_SIZE:
         raise ConfigError(path, f"is too large to be a key file (over {MAX_KEY_FILE_SIZE} bytes)")
+    if ratchetfile.is_ratchet_file(data):
+        return _ratchet_state(path, data, ratchet)
+    key = _plain_key(path, data)
+    return key if ratchet is None else Ratchet.from_psk(key, ratchet)
+
+
+def _ratchet_state(path: str, data: bytes, ratchet: int | None) -> Ratchet:
+    if ratchet is None:
+        raise ConfigError(path, "is a ratcheting key file (its key changes every epoch): the "
+                          "section needs ratchet = its period, as when it was made")
+    got = ratchetfile.decode(data)
+    if got is None:
+        raise ConfigError(path, "ratchet state is damaged: neither copy in the file is complete")
+    state = got[1]
+    if state.period != ratchet:
+        raise ConfigError(path, f"ratchets every {state.period} s, but ratchet = {ratchet} s: "
+                          "the period cannot change for a key (make a new key to change it)")
+    return state
+
+
+def _plain_key(path: str, data: bytes) -> bytes:
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:

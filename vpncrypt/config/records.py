@@ -60,11 +60,13 @@ class _Record:
 
 
 class Peer(_Record):
-    """A ``[client NAME]`` section of a server config: name, id, key (32 bytes),
-    allowed_ips (a tuple of ipaddress.IPv4Network / IPv6Network)."""
+    """A ``[client NAME]`` section of a server config: name, id, key (32 bytes, or with
+    ``ratchet`` a protocol.ratchet.Ratchet), allowed_ips (a tuple of
+    ipaddress.IPv4Network / IPv6Network), key_file (its path; None for an inline key)."""
 
     # slots: a server holds thousands of these
-    __slots__ = _fields = ("name", "id", "key", "allowed_ips")
+    __slots__ = _fields = ("name", "id", "key", "allowed_ips", "key_file")
+    _defaults = {"key_file": None}
 
 
 class ServerConfig(_Record):
@@ -84,10 +86,11 @@ class ServerConfig(_Record):
 class ClientConfig(_Record):
     """A client config. server_host is a host name or IP literal (brackets stripped);
     addresses a tuple of ipaddress.IPv4Interface / IPv6Interface; routes a tuple of
-    ipaddress.IPv4Network / IPv6Network; keepalive in seconds, 0 = off."""
+    ipaddress.IPv4Network / IPv6Network; keepalive in seconds, 0 = off; key and key_file
+    as for Peer."""
 
     _fields = ("path", "id", "server_host", "server_port", "server_id", "key", "interface",
                "addresses", "routes", "keepalive", "mtu", "user", "state_dir", "offload",
-               "configure_interface")
-    _defaults = {"offload": True, "configure_interface": True}
+               "configure_interface", "key_file")
+    _defaults = {"offload": True, "configure_interface": True, "key_file": None}
     role = "client"

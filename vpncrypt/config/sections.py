@@ -10,8 +10,9 @@ import re
 from .errors import _show
 from .ini import _Context, _section_label
 from .records import ClientConfig, Peer, ServerConfig
-from .values import (_Section, _addresses, _endpoint, _interface, _key, _mtu, _networks,
-                     _state_dir, _user)
+from ..protocol.session import key_identity
+from .values import (_Section, _addresses, _endpoint, _interface, _key, _key_path, _mtu,
+                     _networks, _state_dir, _user)
 
 DEFAULT_KEEPALIVE = 25  # seconds
 MAX_KEEPALIVE = 3600
@@ -22,9 +23,9 @@ SERVER_KEYS = (
     "listen", "interface", "address", "server_id", "mtu", "user", "state_dir", "offload",
     "configure_interface",
 )
-PEER_KEYS = ("id", "key", "key_file", "allowed_ips")
+PEER_KEYS = ("id", "key", "key_file", "ratchet", "allowed_ips")
 CLIENT_KEYS = (
-    "id", "server", "server_id", "key", "key_file", "interface", "address",
+    "id", "server", "server_id", "key", "key_file", "ratchet", "interface", "address",
     "routes", "keepalive", "mtu", "user", "state_dir", "offload", "configure_interface",
 )
 
@@ -120,12 +121,13 @@ def _build_server(ctx, header, values, peers) -> ServerConfig:
             raise p.error(f"{client_id} is already used by [client {ids[client_id]}]", "id")
         ids[client_id] = name
         key = _key(p)
-        if key in keys:
+        identity = key_identity(key)
+        if identity in keys:
             raise p.error(
-                f"the same key as [client {keys[key]}]; every client needs its own key",
+                f"the same key as [client {keys[identity]}]; every client needs its own key",
                 "key" if p.has("key") else "key_file",
             )
-        keys[key] = name
+        keys[identity] = name
         allowed = _networks(p, "allowed_ips", required=True)
         for net in allowed:
             for own_version, own_ip in own_ips:
@@ -135,7 +137,8 @@ def _build_server(ctx, header, values, peers) -> ServerConfig:
                         "([server] address)",
                         "allowed_ips",
                     )
-        clients.append(Peer(name=name, id=client_id, key=key, allowed_ips=allowed))
+        clients.append(Peer(name=name, id=client_id, key=key, allowed_ips=allowed,
+                            key_file=_key_path(p)))
         sections.append(p)
     _check_overlaps(clients, sections)
 
@@ -205,6 +208,7 @@ def _build_client(ctx, header, values) -> ClientConfig:
         server_port=server_port,
         server_id=server_id,
         key=key,
+        key_file=_key_path(s),
         interface=interface,
         addresses=addresses,
         routes=routes,

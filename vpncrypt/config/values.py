@@ -11,6 +11,7 @@ import re
 import socket
 
 from ..protocol.keys import KeyFormatError, decode_key
+from ..protocol.ratchet import MAX_PERIOD, MIN_PERIOD
 from .errors import ConfigError, _show
 from .ini import _safe_key_name
 from .keyfiles import load_key_file
@@ -314,7 +315,36 @@ def _state_dir(s: _Section) -> str:
     return value
 
 
-def _key(s: _Section) -> bytes:
+_DURATION = re.compile(r"([0-9]{1,9})\s*([smhdw]?)")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _ratchet(s: _Section) -> int | None:
+    """`ratchet = PERIOD` (600, 10m, 1h, 1d; no = off): seconds, or None."""
+    value = s.optional("ratchet")
+    if value is None or value.lower() in ("no", "off", "0"):
+        return None
+    mo = _DURATION.fullmatch(value.strip().lower())
+    if mo is None:
+        raise s.error(f"{_show(value)} is not a period (e.g. 1h, 30m, 1d, or no)", "ratchet")
+    period = int(mo.group(1)) * _UNIT[mo.group(2)]
+    if not MIN_PERIOD <= period <= MAX_PERIOD:
+        raise s.error(f"{period} s is out of range: an epoch is {MIN_PERIOD // 60} minutes to "
+                      f"{MAX_PERIOD // 86400} days", "ratchet")
+    return period
+
+
+def _key_path(s: _Section) -> str | None:
+    """The key file's path, or None for an inline key."""
+    value = s.optional("key_file")
+    if value is None:
+        return None
+    return value if os.path.isabs(value) else os.path.join(s.ctx.dir, value)
+
+
+def _key(s: _Section):
+    """The key: 32 bytes, or with `ratchet` the client's Ratchet (protocol/ratchet.py)."""
+    ratchet = _ratchet(s)
     has_key, has_file = s.has("key"), s.has("key_file")
     if has_key and has_file:
         lines = s.ctx.key_lines
@@ -324,12 +354,16 @@ def _key(s: _Section) -> bytes:
         raise s.error("missing key or key_file (the client's base64 256-bit key)")
     if has_key:
         value = s.get("key")
+        if ratchet is not None:
+            # Forward secrecy needs the stored secret to change: nothing rewrites a config.
+            raise s.error("ratchet needs key_file: an inline key cannot be rewritten as epochs "
+                          "pass, so it would keep opening everything recorded under it", "ratchet")
         try:
             return decode_key(value)
         except KeyFormatError as e:
             raise s.error(str(e), "key") from None
     value = s.require("key_file")
-    path = value if os.path.isabs(value) else os.path.join(s.ctx.dir, value)
+    path = _key_path(s)
     if not os.path.lexists(path):
         try:
             decode_key(value)
@@ -341,6 +375,6 @@ def _key(s: _Section) -> bytes:
                 "key_file",
             )
     try:
-        return load_key_file(path)
+        return load_key_file(path, ratchet)
     except ConfigError as e:
         raise s.error(str(e), "key_file") from None

@@ -12,6 +12,7 @@ from ..protocol.bucket import Bucket
 from .budgets import CTL_RATE
 from .logs import kv, log
 from . import fastpath
+from .keystate import install
 from .runtime import BATCH, Runtime, format_addr
 
 RESOLVE_EVERY = 300.0  # seconds between routine re-resolutions of the server's name
@@ -64,6 +65,7 @@ class Client(Runtime):
         self._resolving = False
         self._resolved = None
         self.control_budget = Bucket(CTL_RATE)  # the Python loop's (the engine has its own)
+        self.ratchets.step(self.now(), False)
 
     def start(self) -> None:
         cfg = self.config
@@ -105,7 +107,10 @@ class Client(Runtime):
         engine.add_peer(self.config.id, self._python_sender.ctx, self.session.receiver.ctx, counter)
         if window is not None:  # the server's packets are judged by one window, kept
             engine.load_window_state(0, window)
-        self.session.sender = fastpath.EngineSender(engine, 0, False)
+        epochs = self._python_sender.epochs
+        if epochs is not None:
+            install(engine, 0, self._python_sender, self.session.receiver)
+        self.session.sender = fastpath.EngineSender(engine, 0, False, epochs)
         engine.clock_offset = self.clock_base
         engine.hold_tx = not self.synced
         if self.server:
@@ -194,6 +199,7 @@ class Client(Runtime):
         # correction changes only which packets are inside the +-128 s clock window, so
         # nothing refused as stale or as a replay before it is accepted after it.
         self.set_clock_base(self.clock_base + correction)
+        self.ratchets.step(self.now(), True)  # the epochs of the server's time, at once
         if not self.synced:
             self.floor_at_first_sync()
         self.sync_attempt = 0
@@ -254,6 +260,9 @@ class Client(Runtime):
     def send_sealed(self, kind, body, mono: float) -> bool:
         packet = (self.session.time_request(self.now()) if kind == Kind.TIME_REQUEST
                   else self.session.seal(kind, body, self.now()))
+        if packet is None:  # ratchet: our clock is before the epochs we hold (not synced)
+            self.counters.drops[Drop.UNSYNCED] += 1
+            return False
         if not self.send(packet, self.server[1]):
             return False
         self.counters.tx_packets += 1
@@ -346,6 +355,15 @@ class Client(Runtime):
                 seen.append(self.native.engine.window_newest(index))
             if not seen or max(seen) < floor:
                 self.restore_floor(windows, index, floor)
+
+    def ratchet_sides(self):
+        if self._python_sender.epochs is not None:
+            index = 0 if self.native is not None else None
+            yield ("server", self.config.key_file, self._python_sender, self.session.receiver,
+                   index)
+
+    def clock_trusted(self) -> bool:
+        return self.synced  # until then a clock that booted in 1970 (or 2038) erases nothing
 
     def replay_windows(self):
         # One window for the server: the engine's while the native loop runs, else ours.

@@ -29,11 +29,12 @@ def wanted(crypto_path: str) -> bool:
 class EngineSender:
     """A protocol Sender whose counter is the engine's, shared with the native loop."""
 
-    __slots__ = ("engine", "index", "direction")
+    __slots__ = ("engine", "index", "direction", "epochs")
 
-    def __init__(self, engine, index: int, from_server: bool):
+    def __init__(self, engine, index: int, from_server: bool, epochs=None):
         self.engine, self.index = engine, index
         self.direction = wire.FROM_SERVER if from_server else 0
+        self.epochs = epochs  # a ratcheting client's (the engine holds their keys)
 
     def seal(self, kind, body, now: float) -> bytes:
         ptype = kind | self.direction

@@ -20,6 +20,7 @@ from ..protocol.wire import Drop
 from . import fastpath
 from .logs import RateLimiter, kv, log
 from . import sockfilter
+from .keystate import Ratchets
 from .replaystate import ReplayStateError, ReplayStateFiles
 
 BATCH = 64  # packets drained per readiness event, so neither side starves the other
@@ -135,6 +136,7 @@ class Runtime:
         self.native = None  # fastpath.NativePath when DATA packets take the native loop
         self._saved_replay = {}
         self.replay_files = None  # ReplayStateFiles, opened before the privilege drop
+        self.ratchets = Ratchets(self)  # ratcheting clients' key files and epoch keys
         self._wall_offset = None  # wall clock minus steady clock, to notice steps
         # The protocol clock is steady() + clock_base; only the clock rules move the base
         # (the server: protocol/clock.py; the client: time sync).
@@ -315,6 +317,7 @@ class Runtime:
                 self.replay_files = ReplayStateFiles(self.replay_path())
             except ReplayStateError as e:
                 raise FatalError(str(e)) from None
+            self.ratchets.open_files()
             self.drop_privileges()
         except FatalError:
             for thing in (self.native, self.tun, self.sock, self.control, self.replay_files):
@@ -382,6 +385,15 @@ class Runtime:
 
     def clock_step_action(self, delta: float) -> str:
         return "none: the protocol clock runs on the server's time"
+
+    def ratchet_sides(self):
+        """Per ratcheting client: (name, key file path or None, Sender, Receiver, engine
+        index or None); see daemon/keystate.py."""
+        return ()
+
+    def clock_trusted(self) -> bool:
+        """Whether our protocol clock may move a ratchet on (and erase secrets)."""
+        return True
 
     def set_clock_base(self, base: float) -> None:
         self.clock_base = base
@@ -483,6 +495,7 @@ class Runtime:
                     self.dump_stats()
                 if time.monotonic() >= next_tick:
                     self.follow_clock_steps()
+                    self.ratchets.step(self.now(), self.clock_trusted())
                     self.tick(time.monotonic())
                     self.save_replay_state()
                     next_tick = time.monotonic() + TICK
@@ -500,6 +513,7 @@ class Runtime:
             self.sock.close()
         if self.replay_files is not None:
             self.replay_files.close()
+        self.ratchets.close()
         if self.control is not None:
             self.control.close()
             try:

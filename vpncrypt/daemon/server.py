@@ -14,6 +14,7 @@ from .routing import AllowedIPs
 from . import fastpath, ippacket, sockfilter
 from ..protocol.bucket import Bucket
 from .budgets import CTL_RATE, ROAM_RATE
+from .keystate import install
 from .pinning import PINNED_KINDS, Pins
 from .runtime import BATCH, Counters, Runtime, flatten, format_addr, steady
 
@@ -40,13 +41,14 @@ def _no_cyclic_gc():
 class PeerState:
     """What the server knows about one client besides its crypto state."""
 
-    __slots__ = ("name", "id", "allowed_ips", "endpoint", "last_rx", "roams", "counters",
-                 "roam", "control")
+    __slots__ = ("name", "id", "allowed_ips", "key_file", "endpoint", "last_rx", "roams",
+                 "counters", "roam", "control")
 
     def __init__(self, entry):
         self.name = entry.name
         self.id = entry.id
         self.allowed_ips = entry.allowed_ips
+        self.key_file = entry.key_file
         self.endpoint = None
         self.last_rx = None
         self.roams = 0
@@ -109,6 +111,7 @@ class Server(Runtime):
             else:
                 peer.name, peer.allowed_ips = entry.name, entry.allowed_ips
         self.routes = AllowedIPs.from_peers(entries)
+        self.ratchets.step(self.now(), True)  # new ratcheting clients: their epoch keys
 
     def start(self) -> None:
         cfg = self.config
@@ -149,7 +152,9 @@ class Server(Runtime):
                 continue
             state = self.core.peer(cid)
             index = engine.add_peer(cid, state.sender.ctx, state.receiver.ctx, state.sender.counter)
-            state.sender = fastpath.EngineSender(engine, index, True)
+            if state.sender.epochs is not None:
+                install(engine, index, state.sender, state.receiver)
+            state.sender = fastpath.EngineSender(engine, index, True, state.sender.epochs)
             self.native_peers[cid] = state
             if peer.endpoint:
                 engine.set_endpoint(index, peer.endpoint[0], peer.endpoint[1])
@@ -314,6 +319,9 @@ class Server(Runtime):
             self.send_to(peer, core.seal(peer.id, Kind.DATA, packet, now), peer.endpoint)
 
     def send_to(self, peer, packet, addr) -> None:
+        if packet is None:  # ratchet: no key for our clock's epoch (it ran ahead of it)
+            peer.counters.drops[Drop.NO_ROUTE] += 1
+            return
         if self.send(packet, addr):
             peer.counters.tx_packets += 1
             peer.counters.tx_bytes += len(packet)  # on the wire: UDP payload, overhead included
@@ -343,6 +351,14 @@ class Server(Runtime):
         log.info("reloaded %s: %d clients (%d added, %d removed)", new.path, len(after),
                  len(after.keys() - before.keys()), len(before.keys() - after.keys()))
         return None
+
+    def ratchet_sides(self):
+        native = self.native_peers if self.native is not None else {}
+        for cid, peer in self.peers.items():
+            state = self.core.peer(cid)
+            if state.sender.epochs is not None:
+                index = self.native.engine.index_of(cid) if cid in native else None
+                yield peer.name, peer.key_file, state.sender, state.receiver, index
 
     def start_floor(self) -> int:
         # Our own clock is the protocol clock: clients sync to it.

@@ -12,6 +12,7 @@ import os
 
 from . import keys, timesync, wire
 from .bucket import Bucket
+from .ratchet import EpochContexts, Ratchet
 from .replay import ReplayWindow
 from .wire import FROM_SERVER, Drop, Kind
 
@@ -91,30 +92,43 @@ class Reply(_Decision):
 class Sender:
     """Seals packets in one direction; owns the 32-bit counter (random start, +1 per packet)."""
 
-    __slots__ = ("ctx", "direction", "counter")
+    __slots__ = ("ctx", "epochs", "direction", "counter")
 
-    def __init__(self, ctx, from_server: bool, counter: int):
-        self.ctx = ctx
+    def __init__(self, ctx, from_server: bool, counter: int, epochs=None):
+        self.ctx = ctx  # with a ratchet: the untimed (time-sync) context
+        self.epochs = epochs  # ratchet.EpochContexts of a ratcheting client, else None
         self.direction = FROM_SERVER if from_server else 0
         self.counter = counter & 0xFFFFFFFF
 
-    def seal(self, kind: Kind, body, now: float) -> bytes:
+    def seal(self, kind: Kind, body, now: float):
+        """The sealed packet; None only for a ratcheting client whose clock is before the
+        oldest epoch it still holds (that key is gone)."""
         ptype = kind | self.direction
-        timestamp = 0 if ptype in wire.UNTIMED else int(now)
+        untimed = ptype in wire.UNTIMED
+        timestamp = 0 if untimed else int(now)
+        ctx = self.ctx if self.epochs is None or untimed else self.epochs.for_timestamp(timestamp)
+        if ctx is None:
+            return None
         counter = self.counter
         self.counter = (counter + 1) & 0xFFFFFFFF
-        return self.ctx.seal(ptype, timestamp, counter, body)
+        return ctx.seal(ptype, timestamp, counter, body)
 
 
 class Receiver:
     """Opens packets from one sender: freshness, replay window, authentication, skew diagnosis."""
 
-    __slots__ = ("ctx", "window", "next_probe")
+    __slots__ = ("ctx", "epochs", "window", "next_probe")
 
-    def __init__(self, ctx):
-        self.ctx = ctx
+    def __init__(self, ctx, epochs=None):
+        self.ctx = ctx  # with a ratchet: the untimed (time-sync) context
+        self.epochs = epochs  # ratchet.EpochContexts of a ratcheting client, else None
         self.window = ReplayWindow()
         self.next_probe = 0.0
+
+    def _open(self, packet, timestamp: int):
+        """The body if `packet` authenticates as timestamped `timestamp`, else None."""
+        ctx = self.ctx if self.epochs is None else self.epochs.for_timestamp(timestamp)
+        return None if ctx is None else ctx.open(packet, timestamp)
 
     def open(self, packet, ptype: int, low8: int, counter: int, now: float, may_open=None):
         """`may_open`, if given, is asked (once, with no arguments) after the checks that
@@ -139,7 +153,7 @@ class Receiver:
             return Dropped(reason, client_id)
         if may_open is not None and not may_open():
             return Dropped(Drop.RATE_LIMITED, client_id, "over the opening budget")
-        body = self.ctx.open(packet, timestamp)
+        body = self._open(packet, timestamp)
         if body is None:
             return self._diagnose(packet, timestamp, now, Drop.AUTH)
         restarted = self.window.accept(timestamp, counter)
@@ -164,7 +178,7 @@ class Receiver:
             newest = self.window.newest
         # (Only for a packet that authenticates: a forgery must not steer the diagnosis.)
         if reason is Drop.STALE and newest is not None and newest - now > wire.CLOCK_WINDOW \
-                and self.ctx.open(packet, timestamp) is not None:
+                and self._open(packet, timestamp) is not None:
             return Dropped(Drop.CLOCK_SKEW, client_id,
                            f"receiver clock stepped back: the sender's newest packet is "
                            f"{int(newest) - int(now)} s ahead of it")
@@ -176,7 +190,7 @@ class Receiver:
             for shift in (256 * k, -256 * k):
                 if not 0 <= timestamp + shift <= _U64_MAX:
                     continue
-                if self.ctx.open(packet, timestamp + shift) is not None:
+                if self._open(packet, timestamp + shift) is not None:
                     return Dropped(
                         Drop.CLOCK_SKEW,
                         client_id,
@@ -199,15 +213,47 @@ def _random_counter(rng) -> int:
     return int.from_bytes(rng(4), "big")
 
 
+def _ends(key, send_dir: bytes, server_id: int, client_id: int, make, from_server: bool,
+          counter: int):
+    """(Sender, Receiver) of one side under `key`: a PSK, or a Ratchet (ratchet.py)."""
+    receive_dir = keys.SERVER_TO_CLIENT if send_dir == keys.CLIENT_TO_SERVER else keys.CLIENT_TO_SERVER
+    if isinstance(key, Ratchet):
+        send = EpochContexts(key, send_dir, server_id, client_id, make)
+        receive = EpochContexts(key, receive_dir, server_id, client_id, make)
+        return (Sender(send.untimed, from_server, counter, send),
+                Receiver(receive.untimed, receive))
+    sealing = keys.direction_key(key, send_dir, server_id, client_id)
+    opening = keys.direction_key(key, receive_dir, server_id, client_id)
+    return (Sender(make(sealing, client_id, server_id), from_server, counter),
+            Receiver(make(opening, client_id, server_id)))
+
+
+def key_identity(key):
+    """What tells one key from another: a PSK itself; a Ratchet's period and time-sync key
+    (the same for the life of the chain, whichever epoch it holds)."""
+    return (key.period, key.time_key) if isinstance(key, Ratchet) else key
+
+
+def prepare_epochs(sender, receiver, now: float, advance: bool):
+    """A ratcheting side at `now`: step the chain on (when `advance`: only on a trusted
+    clock) and hold the epochs' contexts. (moved, changed): the held secret moved (save it),
+    the contexts changed (the native loop needs them)."""
+    if sender.epochs is None:
+        return False, False
+    moved = advance and sender.epochs.ratchet.advance(now)
+    changed = sender.epochs.prepare(now)
+    changed = receiver.epochs.prepare(now) or changed
+    return moved, changed
+
+
 class ClientSession:
     """The client's end: seals toward its server and opens what the server sends back."""
 
-    def __init__(self, client_id: int, server_id: int, psk: bytes, context_class, rng=os.urandom):
-        c2s = keys.direction_key(psk, keys.CLIENT_TO_SERVER, server_id, client_id)
-        s2c = keys.direction_key(psk, keys.SERVER_TO_CLIENT, server_id, client_id)
+    def __init__(self, client_id: int, server_id: int, psk, context_class, rng=os.urandom):
+        """`psk`: the client's key, or its Ratchet (ratchet.py)."""
         self.client_id = client_id
-        self.sender = Sender(context_class(c2s, client_id, server_id), False, _random_counter(rng))
-        self.receiver = Receiver(context_class(s2c, client_id, server_id))
+        self.sender, self.receiver = _ends(psk, keys.CLIENT_TO_SERVER, server_id, client_id,
+                                           context_class, False, _random_counter(rng))
         self.clock = timesync.ClockSync()
         self._rng = rng
 
@@ -268,18 +314,17 @@ class ServerCore:
         self._rng = rng
         self._peers: dict[int, _Peer] = {}
 
-    def set_client(self, client_id: int, psk: bytes) -> bool:
-        """Add or re-key a client. An unchanged key keeps its counters and replay state.
+    def set_client(self, client_id: int, psk) -> bool:
+        """Add or re-key a client (`psk`: its key, or its Ratchet). An unchanged key keeps
+        its counters and replay state (and a ratchet the epoch it reached).
 
         Returns True if anything changed.
         """
         peer = self._peers.get(client_id)
-        if peer is not None and peer.psk == psk:
+        if peer is not None and key_identity(peer.psk) == key_identity(psk):
             return False
-        c2s = keys.direction_key(psk, keys.CLIENT_TO_SERVER, self.server_id, client_id)
-        s2c = keys.direction_key(psk, keys.SERVER_TO_CLIENT, self.server_id, client_id)
-        sender = Sender(self._ctx(s2c, client_id, self.server_id), True, _random_counter(self._rng))
-        receiver = Receiver(self._ctx(c2s, client_id, self.server_id))
+        sender, receiver = _ends(psk, keys.SERVER_TO_CLIENT, self.server_id, client_id,
+                                 self._ctx, True, _random_counter(self._rng))
         self._peers[client_id] = _Peer(psk, sender, receiver)
         return True
 
