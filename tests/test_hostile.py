@@ -306,9 +306,9 @@ def start_server_with(vpn, env) -> Daemon:
     return vpn.server
 
 
-def stepped_deployment(netns_factory, tmp_path, side: str, keepalive: int = 2):
+def stepped_deployment(netns_factory, tmp_path, side: str, keepalive: int = 2, **kw):
     """A deployment whose server or client runs with a steppable wall clock."""
-    vpn = Deployment(netns_factory, tmp_path, keepalive=keepalive)
+    vpn = Deployment(netns_factory, tmp_path, keepalive=keepalive, **kw)
     clock = str(tmp_path / "clock")
     shim = clockstep.env(clock, 0)
     if side == "server":
@@ -445,6 +445,77 @@ def test_replays_after_a_server_clock_step_back_are_refused(netns_factory, tmp_p
                   for r in ("stale", "replay"))
     assert refused >= len(captured), drops(after)
     assert "the protocol clock does not go back" in vpn.server.text()
+
+
+def openers(key_file_bytes: bytes, until: int, period: int):
+    """Every c2s context a thief can derive from a key file's bytes: its ratchet state's
+    secret walked forward to a few epochs past `until`, its time-sync key, or the key a
+    plain key file holds."""
+    from vpncrypt.config import ratchetfile
+    from vpncrypt.protocol import keys
+    from vpncrypt.protocol.aead import ReferenceSivContext
+    from vpncrypt.protocol.ratchet import epoch_of
+
+    got = ratchetfile.decode(key_file_bytes)
+    secrets = []
+    if got is not None:
+        state = got[1]
+        last = epoch_of(until, period) + 3
+        secrets += [state.secret_at(e) for e in range(state.epoch, max(state.epoch, last) + 1)]
+        secrets.append(state.time_key)
+    else:
+        secrets.append(keys.decode_key(key_file_bytes.decode()))
+    for secret in secrets:
+        key = keys.direction_key(secret, keys.CLIENT_TO_SERVER, 7, 1)
+        yield ReferenceSivContext(key, 1, 7)
+
+
+def opened_by(packets, key_file_bytes, around: int, until: int, period: int) -> int:
+    """How many of the sealed `packets` (timestamped within 60 s of `around`) open under
+    anything derived from the key file (stolen at `until`)."""
+    from vpncrypt.protocol.wire import full_timestamp
+
+    contexts = list(openers(key_file_bytes, until, period))
+    count = 0
+    for packet in packets:
+        ts = full_timestamp(packet[3], around)
+        if any(ctx.open(packet, ts) is not None or ctx.open(packet, 0) is not None
+               for ctx in contexts):
+            count += 1
+    return count
+
+
+@NETNS
+def test_a_stolen_key_file_opens_nothing_from_before(netns_factory, tmp_path):
+    """Issue 16, part 5. Both ends ratchet every 10 minutes. Traffic recorded in epoch n;
+    then both clocks move past n + 2 (the server's steps 30 minutes forward, the client
+    follows by time sync), and a thief takes both key files: nothing derived from them
+    opens a recorded packet, while a copy of the same files from epoch n opens them all
+    (so the test can tell). The tunnel keeps working across the epochs."""
+    period = 600
+    vpn, clock = stepped_deployment(netns_factory, tmp_path, "server", ratchet="10m")
+    client = vpn.client_host()
+    for side in ("server", "client"):
+        daemon = vpn.server if side == "server" else vpn.clients[0]
+        daemon.wait_log(r"ratchet client=\S+ epoch=\d+ action=\"key file rewritten", timeout=10)
+    files = {side: vpn.key_path(1, side) for side in ("server", "client")}
+    recorded_at = int(time.time())
+    recorded = capture_client_packets(vpn, tmp_path, lambda: vpn.ping(client, SERVER_TUN4, 5))
+    assert len(recorded) >= 5
+    then = {side: open(path, "rb").read() for side, path in files.items()}
+    since = {d: len(d.text()) for d in (vpn.server, vpn.clients[0])}
+    clockstep.set_offset(clock, 3 * period)
+    for daemon in (vpn.server, vpn.clients[0]):
+        daemon.wait_log(r"ratchet client=\S+ epoch=\d+ action=\"key file rewritten",
+                        after=since[daemon], timeout=30)
+    vpn.wait_ping(client, SERVER_TUN4, timeout=30)  # the tunnel runs on in epoch n + 3
+    stolen = {side: open(path, "rb").read() for side, path in files.items()}
+    for side in files:
+        assert stolen[side] != then[side]
+        assert vpn.keys[0].encode() not in stolen[side] and vpn.keys[0].encode() not in then[side]
+        later = recorded_at + 3 * period
+        assert opened_by(recorded, stolen[side], recorded_at, later, period) == 0, side
+        assert opened_by(recorded, then[side], recorded_at, recorded_at, period) == len(recorded), side
 
 
 UDP_BURST = """

@@ -24,6 +24,15 @@ K2 = base64.b64encode(bytes(range(100, 132))).decode()
 K3 = base64.b64encode(bytes(range(200, 232))).decode()
 
 
+
+def parse_client(result, name):
+    """The printed client config as the client reads it, its key file installed where
+    it points (the server's copy of the key, as the notes say to copy it)."""
+    text = result.client_config
+    if result.key_file is not None:
+        text = text.replace(provision.CLIENT_KEY_FILE, result.key_file)
+    return config.parse(text, name)
+
 def counting_rng():
     """Deterministic, and a different key on every call."""
     counter = itertools.count(1)
@@ -90,6 +99,7 @@ def test_add_keeps_every_byte_and_backs_up(laptop, tmp_path):
         "[client phone]\n"
         "id = 2\n"
         f"key_file = {tmp_path / 'phone.key'}\n"
+        "ratchet = 1h\n"
         "allowed_ips = 10.77.0.3/32, fd77::3/128\n"
     ).encode()
     bak = tmp_path / "vpn.conf.bak"
@@ -99,7 +109,7 @@ def test_add_keeps_every_byte_and_backs_up(laptop, tmp_path):
 
     server = config.load(str(laptop))
     entry = peer(server, "phone")
-    client = config.parse(result.client_config, "client.conf")
+    client = parse_client(result, "client.conf")
     assert client.role == "client"
     assert client.key == entry.key
     assert client.id == entry.id == result.id == 2
@@ -113,28 +123,33 @@ def test_add_keeps_every_byte_and_backs_up(laptop, tmp_path):
     assert result.key_file == str(tmp_path / "phone.key")
     assert stat.S_IMODE(os.stat(result.key_file).st_mode) == 0o600
     assert result.name == "phone"
-    # The key appears nowhere but the client config and the key file.
-    assert not any(base64.b64encode(entry.key).decode() in n for n in result.notes)
-    assert base64.b64encode(entry.key) not in new
+    # The key appears nowhere but the key file (the client config points to its copy).
+    key = (tmp_path / "phone.key").read_text().strip()
+    assert entry.key == config.load_key_file(result.key_file, 3600)  # ratchet = 1h
+    assert not any(key in n for n in result.notes)
+    assert key.encode() not in new and key not in result.client_config
 
 
 def test_the_server_accepts_the_new_client(laptop):
     """The returned config is what the client's daemon would load: same key, same ids."""
     from vpncrypt.protocol import aead
-    from vpncrypt.protocol.session import ClientSession, Opened, ServerCore
+    from vpncrypt.protocol.session import ClientSession, Opened, ServerCore, prepare_epochs
     from vpncrypt.protocol.wire import Kind
 
     result = add_client(str(laptop), "phone", "192.0.2.1:51900", reload=False,
                         rng=counting_rng())
     server = config.load(str(laptop))
-    client = config.parse(result.client_config, "client.conf")
+    client = parse_client(result, "client.conf")
     ctx, _ = aead.select(None)
     core = ServerCore(server.server_id, ctx)
     for entry in server.clients:
         core.set_client(entry.id, entry.key)
     session = ClientSession(client.id, client.server_id, client.key, ctx)
-    opened = core.open(session.seal(Kind.DATA, b"\x45" + bytes(39), 1_800_000_000.0),
-                       1_800_000_000.0)
+    assert client.key == server.clients[-1].key  # ratchet = 1h on both ends, one chain
+    now = 1_800_000_000.0
+    for ends in (core.peer(client.id), session):
+        prepare_epochs(ends.sender, ends.receiver, now, True)
+    opened = core.open(session.seal(Kind.DATA, b"\x45" + bytes(39), now), now)
     assert type(opened) is Opened and opened.client_id == client.id
 
 
@@ -144,7 +159,7 @@ def test_returned_type_and_notes(laptop):
     assert all(isinstance(n, str) and "\n" not in n for n in result.notes)
     assert any("added [client phone] (id 2" in n for n in result.notes)
     # No --endpoint and a wildcard listen address: a placeholder with the listen port.
-    client = config.parse(result.client_config, "client.conf")
+    client = parse_client(result, "client.conf")
     assert client.server_host == provision.PLACEHOLDER_HOST
     assert client.server_port == 51900
     assert "YOUR.SERVER.HOST" in result.client_config
@@ -154,7 +169,7 @@ def test_returned_type_and_notes(laptop):
 def test_listen_address_is_the_default_server(tmp_path):
     conf = write(tmp_path / "vpn.conf", server_text(tmp_path, listen="[2001:db8::7]:4000"))
     result = add_client(str(conf), "a", reload=False, rng=counting_rng())
-    client = config.parse(result.client_config, "client.conf")
+    client = parse_client(result, "client.conf")
     assert (client.server_host, client.server_port) == ("2001:db8::7", 4000)
 
 
@@ -169,7 +184,7 @@ def test_listen_address_is_the_default_server(tmp_path):
 def test_endpoint_forms(tmp_path, endpoint, host, port):
     conf = write(tmp_path / "vpn.conf", server_text(tmp_path))
     result = add_client(str(conf), "a", endpoint, reload=False, rng=counting_rng())
-    client = config.parse(result.client_config, "client.conf")
+    client = parse_client(result, "client.conf")
     assert (client.server_host, client.server_port) == (host, port)
     assert "YOUR.SERVER.HOST" not in result.client_config
 
@@ -227,7 +242,7 @@ def test_ipv6_only_server(tmp_path):
     conf = write(tmp_path / "vpn.conf", server_text(tmp_path, address="fd77::1/64"))
     result = add_client(str(conf), "a", reload=False, rng=counting_rng())
     assert [str(n) for n in result.allowed_ips] == ["fd77::2/128"]
-    client = config.parse(result.client_config, "client.conf")
+    client = parse_client(result, "client.conf")
     assert [str(x) for x in client.addresses] == ["fd77::2/64"]
 
 
@@ -256,7 +271,7 @@ def test_inline_keys_stay_inline(tmp_path):
     conf = write(tmp_path / "vpn.conf", server_text(tmp_path, clients), 0o600)
     result = add_client(str(conf), "c", reload=False, rng=counting_rng())
     assert result.key_file is None
-    client = config.parse(result.client_config, "client.conf")
+    client = parse_client(result, "client.conf")
     tail = conf.read_text().split("[client c]\n", 1)[1]
     assert f"key = {base64.b64encode(client.key).decode()}\n" in tail
     assert peer(config.load(str(conf)), "c").key == client.key
@@ -287,7 +302,7 @@ def test_key_file_goes_where_the_other_key_files_are(tmp_path):
     assert result.key_file == str(keys / "b.key")
     assert stat.S_IMODE((keys / "b.key").stat().st_mode) == 0o600
     assert peer(config.load(str(conf)), "b").key == \
-        config.parse(result.client_config, "c.conf").key
+        parse_client(result, "c.conf").key
 
 
 def test_an_existing_key_file_is_never_overwritten(laptop, tmp_path):
@@ -378,14 +393,14 @@ def test_the_first_client_gives_a_server_without_server_id_a_random_one(tmp_path
     state_dir = f"state_dir = {tmp_path / 'run'}\n"  # the last line of [server]
     assert conf.read_text().startswith(
         text.replace(state_dir, state_dir + "server_id = 131074\n") + "\n[client a]\nid = 1\n")
-    assert config.parse(result.client_config, "c.conf").server_id == server.server_id
+    assert parse_client(result, "c.conf").server_id == server.server_id
     assert any(n.startswith(f"server_id = 131074 (random) added to [server] of {conf}")
                for n in result.notes)
     assert (tmp_path / "vpn.conf.bak").read_text() == text
 
     # From then on it is the file's: kept by the next client and by removals.
     second = add_client(str(conf), "b", reload=False, rng=rng)
-    assert config.parse(second.client_config, "c.conf").server_id == 131074
+    assert parse_client(second, "c.conf").server_id == 131074
     assert not any("server_id" in n for n in second.notes)
     remove_client(str(conf), "b", reload=False)
     remove_client(str(conf), "a", reload=False)
@@ -400,7 +415,7 @@ def test_every_new_server_gets_its_own_id(tmp_path):
         directory.mkdir()
         conf = write(directory / "vpn.conf", server_text(directory, server_id=None))
         result = add_client(str(conf), "a", reload=False)  # the real rng
-        ids.add(config.parse(result.client_config, "c.conf").server_id)
+        ids.add(parse_client(result, "c.conf").server_id)
     assert len(ids) == 8 and 0 not in ids
 
 
@@ -431,7 +446,7 @@ def test_a_server_in_use_without_server_id_keeps_0_and_says_why(tmp_path):
     conf = write(tmp_path / "vpn.conf", text)
     result = add_client(str(conf), "b", reload=False, rng=counting_rng())
     assert conf.read_text().startswith(text) and "server_id" not in conf.read_text()
-    assert config.parse(result.client_config, "c.conf").server_id == 0
+    assert parse_client(result, "c.conf").server_id == 0
     warning = next(n for n in result.notes if "server_id is 0" in n)
     assert warning.startswith(f"{conf}: [server] server_id is 0") and "replayed" in warning
     assert any("gets server_id = 0 to match" in n and "every one of its clients" in n
@@ -482,7 +497,7 @@ def test_a_removed_clients_key_file_is_never_reused(laptop, tmp_path):
     (tmp_path / "phone.key").unlink()
     again = add_client(str(laptop), "phone", reload=False)
     assert (tmp_path / "phone.key").read_text() != old_key
-    assert config.parse(again.client_config, "c").key != config.parse(added.client_config, "c").key
+    assert again.client_config == added.client_config  # the key is in the file alone
 
 
 def test_two_servers_never_get_the_same_client_key(tmp_path):
@@ -496,7 +511,7 @@ def test_two_servers_never_get_the_same_client_key(tmp_path):
         add_client(str(two), "laptop", reload=False)
     assert str(e.value).startswith(f"{tmp_path / 'laptop.key'}: already exists")
     second = add_client(str(two), "laptop2", reload=False)
-    a, b = (config.parse(r.client_config, "c") for r in (first, second))
+    a, b = (parse_client(r, "c") for r in (first, second))
     assert a.key != b.key
     assert a.server_id != b.server_id and 0 not in (a.server_id, b.server_id)
 

@@ -93,8 +93,11 @@ class Daemon:
 class Deployment:
     def __init__(self, make_host, tmp_path, clients: int = 1, v6_underlay: bool = False,
                  keepalive: int = 5, server_id: int = 7, loop: str = "native",
-                 offload: bool = True, command=None, configure: bool = True):
+                 offload: bool = True, command=None, configure: bool = True,
+                 ratchet: str | None = None):
         self.tmp = str(tmp_path)
+        # `ratchet = ...` on both ends, with each end's own copy of the key in a key file.
+        self.ratchet = ratchet
         # False: `configure_interface = no`, and the harness adds the addresses and sets
         # the link up with ip(8) once the daemon has its TUN, as netifd does on OpenWrt.
         self.configure = configure
@@ -133,7 +136,7 @@ class Deployment:
                 f"address = {', '.join(self.server_addresses())}\nserver_id = {self.server_id}\n"
                 f"state_dir = {self.state_dir('server')}\n{self.offload_line()}")
         for i in clients or range(1, len(self.client_hosts) + 1):
-            text += (f"\n[client c{i}]\nid = {i}\nkey = {self.keys[i - 1]}\n"
+            text += (f"\n[client c{i}]\nid = {i}\n{self.key_lines(i, 'server')}"
                      f"allowed_ips = {client_tun4(i)}/32, {client_tun6(i)}/128\n")
         return text
 
@@ -142,9 +145,21 @@ class Deployment:
 
     def client_text(self, i: int, keepalive: int) -> str:
         return (f"[client]\nid = {i}\nserver = {self.server_underlay(i)}\n"
-                f"server_id = {self.server_id}\nkey = {self.keys[i - 1]}\ninterface = vpn0\n"
+                f"server_id = {self.server_id}\n{self.key_lines(i, 'client')}interface = vpn0\n"
                 f"address = {', '.join(self.client_addresses(i))}\nkeepalive = {keepalive}\n"
                 f"state_dir = {self.state_dir(f'client{i}')}\n{self.offload_line()}")
+
+    def key_lines(self, i: int, side: str) -> str:
+        if self.ratchet is None:
+            return f"key = {self.keys[i - 1]}\n"
+        path = self.key_path(i, side)
+        if not os.path.exists(path):
+            self.write(os.path.basename(path), self.keys[i - 1] + "\n")
+        return f"key_file = {path}\nratchet = {self.ratchet}\n"
+
+    def key_path(self, i: int, side: str) -> str:
+        """Where `side` ("server" or "client") keeps client i's key (with `ratchet`)."""
+        return os.path.join(self.tmp, f"{side}-c{i}.key")
 
     def offload_line(self) -> str:
         return ("" if self.offload else "offload = no\n") + (

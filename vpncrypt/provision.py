@@ -83,6 +83,8 @@ __all__ = [
 
 PLACEHOLDER_HOST = "YOUR.SERVER.HOST"
 CLIENT_INTERFACE = "vpn0"
+CLIENT_KEY_FILE = f"/etc/vpncrypt/{CLIENT_INTERFACE}.key"  # where the printed client config looks
+DEFAULT_RATCHET = "1h"  # forward secrecy for every client add-client makes with a key file
 
 
 class ProvisionError(Exception):
@@ -169,15 +171,17 @@ def add_client(config_path: str, name: str, endpoint: str | None = None, *, relo
         text = _insert_server_id(text, path, server_id, newline)
 
     server_value, server_comment = _server_value(cfg, endpoint, path)
+    inline = bool(sections) and all("key" in values for values in sections.values())
     client_text = _client_config(name, client_id, server_value, server_comment, cfg, key,
-                                 addresses, server_id)
+                                 addresses, server_id, ratchet=not inline)
     try:
-        configmod.parse(client_text, f"<client config for {name}>")
+        # (Checked with the key inline: the client's key file is not on this machine.)
+        configmod.parse(_client_config(name, client_id, server_value, server_comment, cfg, key,
+                                       addresses, server_id), f"<client config for {name}>")
     except configmod.ConfigError as e:
         # Only the endpoint comes from outside: anything else would be our own bug.
         raise ProvisionError(f"{path}: --endpoint {endpoint!r}: {e.problem}") from None
 
-    inline = bool(sections) and all("key" in values for values in sections.values())
     key_file = None
     if not inline:
         key_dir = _key_dir(sections, path, target)
@@ -186,6 +190,7 @@ def add_client(config_path: str, name: str, endpoint: str | None = None, *, relo
     else:
         key_line = f"key = {key}"
     section = [f"[client {name}]", f"id = {client_id}", key_line,
+               *([] if inline else [f"ratchet = {DEFAULT_RATCHET}"]),
                "allowed_ips = " + ", ".join(str(n) for n in allowed)]
     prefix = "" if text.endswith(("\n", "\r")) or not text else newline
     new_text = text + prefix + newline + newline.join(section) + newline
@@ -211,9 +216,14 @@ def add_client(config_path: str, name: str, endpoint: str | None = None, *, relo
     notes.append(f"added [client {name}] (id {client_id}, {where}) to {path}; "
                  f"the previous version is {target}.bak")
     if key_file is not None:
-        notes.append(f"key written to {key_file} (mode 0600)")
+        notes.append(f"key written to {key_file} (mode 0600); ratchet = {DEFAULT_RATCHET}: "
+                     "both ends rewrite their key file every epoch, so a key taken later "
+                     "opens nothing recorded before (docs/PROTOCOL.md 3.3)")
+        notes.append(f"copy {key_file} to the client as {CLIENT_KEY_FILE} (mode 0600), "
+                     "where its config's key_file points")
     else:
-        notes.append(f"key written inline in {path} (its other clients have inline keys)")
+        notes.append(f"key written inline in {path} (its other clients have inline keys); "
+                     "no ratchet: that needs key files")
     if new_server_id is not None:
         notes.append(f"server_id = {new_server_id} (random) added to [server] of {path}: an id "
                      "of its own, so that this server's client keys are useless at any "
@@ -225,7 +235,8 @@ def add_client(config_path: str, name: str, endpoint: str | None = None, *, relo
                      "every one of its clients' configs, then restart all of them together")
     if server_comment:
         notes.append(f"edit 'server =' in the client config: {server_comment}")
-    notes.append("the client config holds the key: install it on the client with mode 0600")
+    if inline:
+        notes.append("the client config holds the key: install it on the client with mode 0600")
     reloaded = _reload(cfg, notes) if reload else False
     sock = control.socket_path(cfg.state_dir, cfg.interface)
     if reload and new_server_id is not None and os.path.exists(sock):
@@ -380,18 +391,22 @@ def _server_value(cfg, endpoint, path) -> tuple[str, str | None]:
 
 
 def _client_config(name, client_id, server_value, server_comment, cfg, key, addresses,
-                   server_id) -> str:
+                   server_id, ratchet: bool = False) -> str:
     server_line = f"server = {server_value}"
     if server_comment:
         server_line += f"  ; {server_comment}"
+    keys = ([f"key_file = {CLIENT_KEY_FILE}", f"ratchet = {DEFAULT_RATCHET}"] if ratchet
+            else [f"key = {key}"])
     return "\n".join([
         f"# vpncrypt client configuration for [client {name}] of {cfg.path}",
-        "# (made by vpncrypt add-client). It holds the key: keep it mode 0600.",
+        "# (made by vpncrypt add-client). " + (
+            f"Its key is the server's copy of {name}.key, in {CLIENT_KEY_FILE}."
+            if ratchet else "It holds the key: keep it mode 0600."),
         "[client]",
         f"id = {client_id}",
         server_line,
         f"server_id = {server_id}",
-        f"key = {key}",
+        *keys,
         f"interface = {CLIENT_INTERFACE}",
         "address = " + ", ".join(str(a) for a in addresses),
         f"keepalive = {configmod.DEFAULT_KEEPALIVE}",

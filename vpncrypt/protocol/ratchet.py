@@ -61,6 +61,15 @@ class Ratchet:
             raise ValueError(f"ratchet period must be {MIN_PERIOD} to {MAX_PERIOD} s")
         self.period, self.epoch, self.secret, self.time_key = period, epoch, secret, time_key
 
+    def __eq__(self, other):
+        if not isinstance(other, Ratchet):
+            return NotImplemented
+        return (self.period, self.epoch, self.secret, self.time_key) == (
+            other.period, other.epoch, other.secret, other.time_key)
+
+    def __hash__(self):  # what never changes along the chain
+        return hash((self.period, self.time_key))
+
     @classmethod
     def from_psk(cls, psk: bytes, period: int) -> "Ratchet":
         return cls(period, 0, first_secret(psk, period), time_sync_key(psk))
