@@ -107,6 +107,16 @@ def test_show_and_prometheus_render_the_announcement():
     assert "announc" not in render_table(doc) and "announced" not in render_prometheus([doc])
 
 
+def test_elsewhere_than_linux_the_start_is_refused_in_one_line(monkeypatch):
+    from vpncrypt.daemon import announce, logs
+
+    monkeypatch.setattr(announce.sys, "platform", "freebsd14")
+    with pytest.raises(announce.AnnounceError) as e:
+        announce.Announcer("vpn0", PROTO, 90, logs.RateLimiter())
+    assert str(e.value) == ("announce_routes = yes needs Linux (rtnetlink); it is not "
+                            "implemented on freebsd14")
+
+
 # --------------------------------------------------------------------------- rtnetlink, in a namespace
 
 

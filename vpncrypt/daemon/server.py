@@ -10,7 +10,7 @@ from ..protocol.session import Opened, Reply, ServerCore
 from ..protocol.wire import KEEPALIVE_BODY, MIN_PACKET, OVERHEAD, Drop, Kind
 from .logs import kv, log
 from .routing import AllowedIPs
-from . import announce, fastpath, ippacket, sockfilter
+from . import fastpath, ippacket, sockfilter
 from .budgets import CTL_RATE, ROAM_RATE, Bucket
 from .pinning import PINNED_KINDS, Pins
 from .runtime import BATCH, Counters, FatalError, Runtime, flatten, format_addr
@@ -122,6 +122,8 @@ class Server(Runtime):
             self.native_peers = {}
             self.sync_native()
         if cfg.announce_routes:
+            from . import announce  # only then: the daemon's memory is counted in KB
+
             try:
                 self.announcer = announce.Announcer(self.tun.name, cfg.announce_protocol,
                                                     cfg.announce_hold, self.limiter)
