@@ -205,6 +205,7 @@ def test_route_socket_adds_lists_deletes_and_flushes_only_its_own(tun_host):
 def announcer_steps(hold):
     """Run inside the namespace: an Announcer over t0 for two clients, as ticks do."""
     import io
+    import subprocess
 
     from vpncrypt.daemon import announce, logs
 
@@ -220,11 +221,21 @@ def announcer_steps(hold):
     clients[0] = (1, 101.0, (V4, V6))
     a.update(clients, 101.5, names)
     both = sorted(map(str, a.routes.ours()))
-    a.update(clients, 100.0 + hold, names)  # office silent for the hold
+    # Deleted behind its back (the link went down, an operator): back within RESYNC.
+    subprocess.run(["ip", "route", "del", "10.201.0.2/32", "dev", "t0"], check=True)
+    a.update(clients, 102.0, names)  # not checked again yet
+    behind = sorted(map(str, a.routes.ours()))
+    t = 101.0 + announce.RESYNC
+    clients = [(1, t - 0.5, (V4, V6)), (2, t - 0.5, office)]
+    a.update(clients, t, names)
+    restored = sorted(map(str, a.routes.ours()))
+    clients[0] = (1, t + hold, (V4, V6))
+    a.update(clients, t - 0.5 + hold, names)  # office silent for the hold, laptop not
     a.withdraw_all(200.0)
     left = sorted(map(str, a.routes.ours()))
     a.close()
-    return {"mid": mid, "both": both, "left": left, "log": stream.getvalue()}
+    return {"mid": mid, "both": both, "behind": behind, "restored": restored, "left": left,
+            "log": stream.getvalue()}
 
 
 @pytest.mark.netns
@@ -238,6 +249,9 @@ def test_announcer_announces_refuses_a_foreign_route_once_and_withdraws(tun_host
     assert "withdrawn routes=10.201.0.9/32 reason=left-by-earlier-run" in log, log
     assert out["mid"] == {"laptop": [], "office": ["10.201.0.3/32"]}
     assert out["both"] == ["10.201.0.2/32", "10.201.0.3/32", "fd00:201::2/128"]
+    assert out["behind"] == ["10.201.0.3/32", "fd00:201::2/128"]
+    assert out["restored"] == out["both"]
+    assert log.count("announced client=laptop id=1 routes=10.201.0.2/32") == 2, log
     assert log.count("announce-failed client=office id=2 route=10.99.0.0/24 action=add") == 1, log
     assert "announced client=office id=2 routes=10.201.0.3/32" in log
     assert "announced client=laptop id=1 routes=10.201.0.2/32,fd00:201::2/128" in log

@@ -48,12 +48,18 @@ _ERRNO = struct.Struct("=i")
 _U32 = struct.Struct("=I")
 _RECV_SIZE = 1 << 16  # more than one dump part (the kernel fills at most ~32 KB)
 _TIMEOUT = 2.0  # seconds a kernel answer may take before the tick gives up on it
+RESYNC = 30.0  # seconds between checks that the kernel still has the routes we added
 
 
 def supported() -> bool:
     """Route announcement needs rtnetlink: Linux only (FreeBSD's routing socket is not
     implemented)."""
     return sys.platform.startswith("linux")
+
+
+def _joined(networks) -> str:
+    """Networks for a log line: IPv4 first, each family in address order."""
+    return ",".join(str(n) for n in sorted(networks, key=lambda n: (n.version, n)))
 
 
 def _attr(kind: int, data: bytes) -> bytes:
@@ -259,6 +265,7 @@ class Announcer:
         self.plan = Announcements(hold)
         self.names = {}  # client id -> name when its routes were added (for later lines)
         self.limiter = limiter  # daemon.logs.RateLimiter: a failure at most every 10 s
+        self.checked = None  # monotonic time of the last resync()
         try:
             stale = self.routes.flush()
         except OSError as e:
@@ -268,12 +275,15 @@ class Announcer:
         if stale:
             # Only a persistent TUN keeps them after a kill -9: a daemon's own TUN
             # disappears with its routes when the process dies.
-            log.info(kv("withdrawn", routes=",".join(map(str, stale)),
+            log.info(kv("withdrawn", routes=_joined(stale),
                         reason="left-by-earlier-run"))
 
     def update(self, clients, now: float, names) -> None:
         """One tick: `clients` as for Announcements.plan (a list), `names(client id)` the
         name of a configured client; `now` on the monotonic clock."""
+        if self.plan.installed and (self.checked is None or now - self.checked >= RESYNC):
+            self.checked = now
+            self.resync()
         adds, withdraws = self.plan.plan(clients, now)
         if withdraws:
             owned = {cid: networks for cid, _, networks in clients}
@@ -298,7 +308,17 @@ class Announcer:
         for cid, nets in done.items():
             self.names[cid] = names(cid)
             log.info(kv("announced", client=self.names[cid], id=cid,
-                        routes=",".join(map(str, nets))))
+                        routes=_joined(nets)))
+
+    def resync(self) -> None:
+        """Forget routes the kernel no longer has, so that this tick adds them again:
+        taking the interface down deletes its routes, and so can an operator."""
+        try:
+            present = set(self.routes.ours())
+        except OSError:
+            return  # next time
+        for net in [net for net in self.plan.installed if net not in present]:
+            self.plan.withdrawn(net)
 
     def _withdraw(self, withdraws, now: float, reason) -> None:
         gone = {}
@@ -314,7 +334,7 @@ class Announcer:
             gone.setdefault((cid, reason(net, cid)), []).append(net)
         for (cid, why), nets in gone.items():
             log.info(kv("withdrawn", client=self.names.get(cid, cid), id=cid,
-                        routes=",".join(map(str, nets)), reason=why))
+                        routes=_joined(nets), reason=why))
             if cid not in self.plan.by_client:
                 self.names.pop(cid, None)
 
