@@ -91,9 +91,9 @@ def test_show_and_prometheus_render_the_announcement():
     counters = {"rx_packets": 1, "rx_bytes": 80, "tx_packets": 1, "tx_bytes": 80, "drops": {}}
     for name, cid, routed in (("a", 1, ["10.201.0.2/32", "fd00:201::2/128"]),
                               ("b", 2, ["10.201.0.3/32"]), ("c", 3, [])):
+        owned = [f"10.201.0.{cid + 1}/32", f"fd00:201::{cid + 1}/128"]
         doc["clients"].append({"name": name, "id": cid, "endpoint": None,
-                               "allowed_ips": ["10.201.0.%d/32" % (cid + 1),
-                                               "fd00:201::%d/128" % (cid + 1)][:2 if cid != 3 else 1],
+                               "allowed_ips": owned if cid != 3 else owned[:1],
                                "last_rx_seconds": None, "roams": 0, "pinned": False,
                                "announced": routed, **counters})
     table = render_table(doc)
@@ -117,7 +117,7 @@ def test_elsewhere_than_linux_the_start_is_refused_in_one_line(monkeypatch):
                             "implemented on freebsd14")
 
 
-# --------------------------------------------------------------------------- rtnetlink, in a namespace
+# --------------------------------------------------------------------------- rtnetlink (namespace)
 
 
 def _routes(host, family="-4"):

@@ -42,7 +42,8 @@ RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RT_TABLE_MAIN = 254
 
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
-_RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
+# family, dst_len, src_len, tos, table, protocol, scope, type, flags
+_RTMSG = struct.Struct("=BBBBBBBBI")
 _RTATTR = struct.Struct("=HH")  # len, type
 _ERRNO = struct.Struct("=i")
 _U32 = struct.Struct("=I")
@@ -137,7 +138,8 @@ class RouteSocket:
     def add(self, net) -> None:
         """Route `net` through the interface; OSError(EEXIST) if a route to exactly
         `net` (ours or anyone's) is there already: nobody's route is replaced."""
-        scope = RT_SCOPE_LINK if net.version == 4 else RT_SCOPE_UNIVERSE  # as `ip route add NET dev IF`
+        # The scope `ip route add NET dev IF` gives.
+        scope = RT_SCOPE_LINK if net.version == 4 else RT_SCOPE_UNIVERSE
         seq = self._send(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
                          self._rtmsg(net, scope, RTN_UNICAST))
         for _ in self._answers(seq):
