@@ -71,6 +71,14 @@ allowed_ips = 10.77.0.2/32
     assert [(c.name, c.id) for c in cfg.clients] == [("a-b.c_d@x+y", 65535)]
 
 
+def test_route_announcement_keys_and_defaults():
+    cfg = parse(HEAD + laptop())
+    assert (cfg.announce_routes, cfg.announce_hold, cfg.announce_protocol) == (False, 90, 77)
+    cfg = parse(HEAD + "announce_routes = yes\nannounce_hold = 3\nannounce_protocol = 201\n"
+                + laptop())
+    assert (cfg.announce_routes, cfg.announce_hold, cfg.announce_protocol) == (True, 3, 201)
+
+
 def test_client_config_ipv6_literal_and_key_file(tmp_path):
     keyfile = write_key(tmp_path / "laptop.key", "\n  " + K1 + "  \n\n")
     path = write_conf(
@@ -144,7 +152,8 @@ def test_key_file_relative_to_config_dir_with_parse(tmp_path, monkeypatch):
     )
 
 
-SERVER_KEYS = "listen, interface, address, server_id, mtu, user, state_dir, offload, configure_interface"
+SERVER_KEYS = ("listen, interface, address, server_id, mtu, user, state_dir, offload, "
+               "configure_interface, announce_routes, announce_hold, announce_protocol")
 
 
 PEER_KEYS = "id, key, key_file, ratchet, allowed_ips"
@@ -351,6 +360,23 @@ BROKEN = [
      "{path}:5: [server] user: value is empty (remove the line to use the default)"),
     ("relative-state-dir", HEAD + "state_dir = run/vpncrypt\n", {},
      "{path}:5: [server] state_dir: 'run/vpncrypt' is not an absolute path"),
+    # ---- route announcement
+    ("announce-routes-not-a-flag", HEAD + "announce_routes = maybe\n", {},
+     "{path}:5: [server] announce_routes: 'maybe' is not yes or no"),
+    ("announce-hold-with-unit", HEAD + "announce_hold = 90s\n", {},
+     "{path}:5: [server] announce_hold: '90s' is not a whole number"),
+    ("announce-hold-zero", HEAD + "announce_hold = 0\n", {},
+     "{path}:5: [server] announce_hold: 0 is out of range 1-86400"),
+    ("announce-hold-too-big", HEAD + "announce_hold = 86401\n", {},
+     "{path}:5: [server] announce_hold: 86401 is out of range 1-86400"),
+    ("announce-protocol-static", HEAD + "announce_protocol = 4\n", {},
+     "{path}:5: [server] announce_protocol: 4 is out of range 5-255"),
+    ("announce-protocol-too-big", HEAD + "announce_protocol = 256\n", {},
+     "{path}:5: [server] announce_protocol: 256 is out of range 5-255"),
+    ("announce-on-a-client", client(announce_routes="yes"), {},
+     "{path}:7: [client] unknown key 'announce_routes'; valid keys: id, server, server_id, "
+     "key, key_file, ratchet, interface, address, routes, keepalive, mtu, user, state_dir, offload, "
+     "configure_interface"),
 ]
 
 

@@ -34,6 +34,13 @@ def _drops(drops: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(drops.items())) or "-"
 
 
+def _announced(client: dict) -> str:
+    routed = client.get("announced") or []
+    if not routed:
+        return "no"
+    return "yes" if len(routed) == len(client["allowed_ips"]) else ",".join(routed)
+
+
 def _table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -42,8 +49,14 @@ def _table(rows: list[list[str]]) -> list[str]:
 def render_table(doc: dict) -> str:
     t = doc["totals"]
     lines = [f"interface: {doc['interface']}"]
+    announce = doc.get("announce") if doc["role"] == "server" else None
     if doc["role"] == "server":
         lines.append(f"  role: server, listening on {doc['listen']}, server id {doc['server_id']}")
+        if announce:
+            carried = sum(1 for c in doc["clients"] if c.get("announced"))
+            lines.append(f"  announcing client routes: protocol {announce['protocol']}, hold "
+                         f"{announce['hold']} s; {carried} of {len(doc['clients'])} clients "
+                         "announced")
     else:
         lines.append(f"  role: client {doc['id']}, server {doc['server']} "
                      f"(endpoint {doc['endpoint'] or 'unresolved'}), server id {doc['server_id']}")
@@ -63,14 +76,14 @@ def render_table(doc: dict) -> str:
     lines.append(f"  drops: {_drops(t['drops'])}")
     if doc["role"] == "server":
         rows = [["client", "id", "allowed ips", "endpoint", "last rx", "rx", "tx", "roams",
-                 "drops"]]
+                 "drops"] + (["announced"] if announce else [])]
         for c in doc["clients"]:
             rows.append([c["name"], str(c["id"]), ",".join(c["allowed_ips"]),
                          (c["endpoint"] or "-") + (" (pinned)" if c.get("pinned") else ""),
                          _ago(c["last_rx_seconds"]),
                          f"{c['rx_packets']}/{_bytes(c['rx_bytes'])}",
                          f"{c['tx_packets']}/{_bytes(c['tx_bytes'])}", str(c["roams"]),
-                         _drops(c["drops"])])
+                         _drops(c["drops"])] + ([_announced(c)] if announce else []))
         lines.append("")
         lines += _table(rows)
     return "\n".join(lines)
@@ -113,6 +126,8 @@ def render_prometheus(docs: list[dict], down=()) -> str:
                 scopes.append((labels, c))
                 add("vpncrypt_client_roams_total", labels, c["roams"])
                 add("vpncrypt_client_pinned", labels, int(c.get("pinned", False)))
+                if doc.get("announce"):
+                    add("vpncrypt_client_announced", labels, int(bool(c.get("announced"))))
                 if c["last_rx_seconds"] is not None:
                     add("vpncrypt_client_last_rx_seconds", labels, c["last_rx_seconds"])
         else:
@@ -134,6 +149,8 @@ def render_prometheus(docs: list[dict], down=()) -> str:
         "vpncrypt_client_roams_total": ("Endpoint changes of a client.", "counter"),
         "vpncrypt_client_pinned": ("1 while the socket filter pins the client to its "
                                    "endpoint (under a flood naming it).", "gauge"),
+        "vpncrypt_client_announced": ("1 while the server has a kernel route for the "
+                                      "client (announce_routes).", "gauge"),
         "vpncrypt_client_last_rx_seconds": ("Seconds since the last authenticated packet.", "gauge"),
         "vpncrypt_clock_offset_seconds": ("Correction applied to the local clock.", "gauge"),
     })

@@ -35,8 +35,10 @@ from .errors import ConfigError
 from .ini import _Context, _parse_ini
 from .keyfiles import MAX_KEY_FILE_SIZE, _strerror, load_key_file
 from .records import ClientConfig, Peer, ServerConfig
-from .sections import (CLIENT_KEYS, DEFAULT_KEEPALIVE, MAX_CLIENT_ID, MAX_KEEPALIVE,
-                       MAX_SERVER_ID, PEER_KEYS, SERVER_KEYS, _build)
+from .sections import (CLIENT_KEYS, DEFAULT_ANNOUNCE_HOLD, DEFAULT_ANNOUNCE_PROTOCOL,
+                       DEFAULT_KEEPALIVE, MAX_ANNOUNCE_HOLD, MAX_ANNOUNCE_PROTOCOL,
+                       MAX_CLIENT_ID, MAX_KEEPALIVE, MAX_SERVER_ID, MIN_ANNOUNCE_PROTOCOL,
+                       PEER_KEYS, SERVER_KEYS, _build)
 from .values import DEFAULT_STATE_DIR, MAX_MTU, MIN_MTU, MIN_MTU_IPV6
 
 __all__ = [
@@ -53,6 +55,8 @@ __all__ = [
     # The limits and key names each part enforces, in one namespace for the tools and docs.
     "MAX_KEEPALIVE", "MIN_MTU", "MIN_MTU_IPV6", "MAX_MTU", "MAX_CLIENT_ID", "MAX_SERVER_ID",
     "MAX_CONFIG_SIZE", "MAX_KEY_FILE_SIZE", "SERVER_KEYS", "PEER_KEYS", "CLIENT_KEYS",
+    "DEFAULT_ANNOUNCE_HOLD", "MAX_ANNOUNCE_HOLD", "DEFAULT_ANNOUNCE_PROTOCOL",
+    "MIN_ANNOUNCE_PROTOCOL", "MAX_ANNOUNCE_PROTOCOL",
 ]
 
 MAX_CONFIG_SIZE = 1 << 20

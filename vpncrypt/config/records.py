@@ -2,6 +2,14 @@
 records (built by config.sections, read by the daemon)."""
 
 
+# announce_routes (daemon/announce.py): a client's routes stay this long after its last
+# authenticated packet; the default outlasts three of a client's default keepalives (25 s).
+DEFAULT_ANNOUNCE_HOLD = 90  # seconds
+# The routes' protocol number (rtm_protocol): unassigned in iproute2's rt_protos and not
+# used by BIRD (12), FRR (11, 42, 186-198), keepalived (18) or Open/R (99).
+DEFAULT_ANNOUNCE_PROTOCOL = 77
+
+
 class _Record:
     """A frozen record, as ``@dataclass(frozen=True)`` would make it, without importing
     dataclasses (it pulls in inspect, ast and dis: about 1 MB resident in the daemon).
@@ -75,11 +83,17 @@ class ServerConfig(_Record):
     MTU minus the real overhead, decided by the daemon; clients a tuple of Peer in file
     order; offload: segmentation/checksum offloads in the native loop (Linux);
     configure_interface False: the daemon sets only the TUN's MTU, and addresses, routes
-    and the link state are someone else's (netifd's `proto vpncrypt` on OpenWrt)."""
+    and the link state are someone else's (netifd's `proto vpncrypt` on OpenWrt);
+    announce_routes: kernel routes for active clients' allowed_ips (daemon/announce.py),
+    withdrawn announce_hold seconds after a client's last authenticated packet, with
+    rtm_protocol announce_protocol."""
 
     _fields = ("path", "listen_host", "listen_port", "interface", "addresses", "server_id",
-               "mtu", "clients", "user", "state_dir", "offload", "configure_interface")
-    _defaults = {"offload": True, "configure_interface": True}
+               "mtu", "clients", "user", "state_dir", "offload", "configure_interface",
+               "announce_routes", "announce_hold", "announce_protocol")
+    _defaults = {"offload": True, "configure_interface": True, "announce_routes": False,
+                 "announce_hold": DEFAULT_ANNOUNCE_HOLD,
+                 "announce_protocol": DEFAULT_ANNOUNCE_PROTOCOL}
     role = "server"
 
 

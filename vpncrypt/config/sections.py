@@ -9,8 +9,9 @@ import re
 
 from .errors import _show
 from .ini import _Context, _section_label
-from .records import ClientConfig, Peer, ServerConfig
 from ..protocol.session import key_identity
+from .records import (DEFAULT_ANNOUNCE_HOLD, DEFAULT_ANNOUNCE_PROTOCOL, ClientConfig, Peer,
+                      ServerConfig)
 from .values import (_Section, _addresses, _endpoint, _interface, _key, _key_path, _mtu,
                      _networks, _state_dir, _user)
 
@@ -18,10 +19,14 @@ DEFAULT_KEEPALIVE = 25  # seconds
 MAX_KEEPALIVE = 3600
 MAX_CLIENT_ID = 0xFFFF  # 16 bits on the wire; 0 is reserved
 MAX_SERVER_ID = 0xFFFFFFFF
+MAX_ANNOUNCE_HOLD = 86400
+# 0-4 are the kernel's own route protocols (unspec, redirect, kernel, boot, static):
+# refused, because a start flushes every route of this number on the tunnel interface.
+MIN_ANNOUNCE_PROTOCOL, MAX_ANNOUNCE_PROTOCOL = 5, 255
 
 SERVER_KEYS = (
     "listen", "interface", "address", "server_id", "mtu", "user", "state_dir", "offload",
-    "configure_interface",
+    "configure_interface", "announce_routes", "announce_hold", "announce_protocol",
 )
 PEER_KEYS = ("id", "key", "key_file", "ratchet", "allowed_ips")
 CLIENT_KEYS = (
@@ -155,6 +160,11 @@ def _build_server(ctx, header, values, peers) -> ServerConfig:
         state_dir=state_dir,
         offload=s.flag("offload", default=True),
         configure_interface=s.flag("configure_interface", default=True),
+        announce_routes=s.flag("announce_routes", default=False),
+        announce_hold=s.integer("announce_hold", 1, MAX_ANNOUNCE_HOLD,
+                                default=DEFAULT_ANNOUNCE_HOLD),
+        announce_protocol=s.integer("announce_protocol", MIN_ANNOUNCE_PROTOCOL,
+                                    MAX_ANNOUNCE_PROTOCOL, default=DEFAULT_ANNOUNCE_PROTOCOL),
     )
 
 

@@ -16,7 +16,7 @@ from ..protocol.bucket import Bucket
 from .budgets import CTL_RATE, ROAM_RATE
 from .keystate import install
 from .pinning import PINNED_KINDS, Pins
-from .runtime import BATCH, Counters, Runtime, flatten, format_addr, steady
+from .runtime import BATCH, Counters, FatalError, Runtime, flatten, format_addr, steady
 
 # The types the Python loop budgets per client before the core decides them: DATA from
 # elsewhere (roaming), keepalives and time requests (control).
@@ -41,8 +41,8 @@ def _no_cyclic_gc():
 class PeerState:
     """What the server knows about one client besides its crypto state."""
 
-    __slots__ = ("name", "id", "allowed_ips", "key_file", "endpoint", "last_rx", "roams",
-                 "counters", "roam", "control")
+    __slots__ = ("name", "id", "allowed_ips", "key_file", "endpoint", "last_rx", "active",
+                 "roams", "counters", "roam", "control")
 
     def __init__(self, entry):
         self.name = entry.name
@@ -51,6 +51,9 @@ class PeerState:
         self.key_file = entry.key_file
         self.endpoint = None
         self.last_rx = None
+        # Monotonic time of the last authenticated packet the Python side accepted (the
+        # native loop's DATA is in the engine's last_rx): route announcement's clock.
+        self.active = None
         self.roams = 0
         self.counters = Counters()
         self.roam = self.control = None  # Buckets, made on first use (thousands of clients)
@@ -88,6 +91,7 @@ class Server(Runtime):
         self.peers = {}
         self.pins = Pins(ROAM_RATE)
         self.foreign = {}  # the Python loop's foreign datagrams per client, for self.pins
+        self.announcer = None  # announce.Announcer with `announce_routes = yes`
         self.apply_clients(config.clients)
 
     def apply_clients(self, entries) -> None:
@@ -126,6 +130,14 @@ class Server(Runtime):
             self.set_clock_base(self.clock_base)
             self.native_peers = {}
             self.sync_native()
+        if cfg.announce_routes:
+            from . import announce  # only then: the daemon's memory is counted in KB
+
+            try:
+                self.announcer = announce.Announcer(self.tun.name, cfg.announce_protocol,
+                                                    cfg.announce_hold, self.limiter)
+            except announce.AnnounceError as e:
+                raise FatalError(str(e)) from None
         addrs = ", ".join(str(a) for a in cfg.addresses)
         log.info(
             "server started: interface %s (%s, mtu %d), listening on %s, server id %d, "
@@ -199,6 +211,7 @@ class Server(Runtime):
             peer.counters.rx_packets += 1
             peer.counters.rx_bytes += size
             peer.last_rx = now
+            peer.active = time.monotonic()
             if peer.endpoint != addr:
                 self.new_endpoint(peer, addr)
             if result.kind == Kind.KEEPALIVE:
@@ -268,6 +281,8 @@ class Server(Runtime):
     # -- pins (daemon/pinning.py) -------------------------------------------------------------
 
     def tick(self, monotonic_now: float) -> None:
+        if self.announcer is not None:
+            self.announce(monotonic_now)
         if not self.filtering:
             return
         if self.native is not None:
@@ -287,6 +302,33 @@ class Server(Runtime):
             log.info(kv("unpinned", client=peer.name, id=cid, foreign_per_s=round(rate)))
         if changed:
             self.attach_filter()
+
+    # -- route announcement (daemon/announce.py) ---------------------------------------------
+
+    def announce(self, monotonic_now: float) -> None:
+        """Each tick: every client's last authenticated packet, on either loop, to the
+        announcer, which adds and withdraws its routes."""
+        peers = self.peers
+        engine = self.native.engine if self.native is not None else None
+        clients = []
+        for cid, peer in peers.items():
+            last = peer.active
+            if engine is not None:
+                index = engine.index_of(cid)
+                rx = engine.peer_stats(index)["last_rx"] if index >= 0 else 0
+                if rx and (last is None or rx > last):
+                    last = rx
+            clients.append((cid, last, peer.allowed_ips))
+        self.announcer.update(clients, monotonic_now, lambda cid: peers[cid].name)
+
+    def shutdown(self) -> None:
+        try:
+            if self.announcer is not None:
+                # A TUN of our own would take them along, a persistent one would not.
+                self.announcer.withdraw_all(time.monotonic())
+                self.announcer.close()
+        finally:
+            super().shutdown()
 
     def attach_filter(self) -> None:
         """The socket filter for the configured client ids, with the current pins and
@@ -329,7 +371,7 @@ class Server(Runtime):
     # -- control ------------------------------------------------------------------------------
 
     RESTART_ONLY = ("listen_host", "listen_port", "interface", "addresses", "server_id", "mtu",
-                    "offload")
+                    "offload", "announce_routes", "announce_protocol")
 
     def reload(self) -> str | None:
         new, error = self.reread_config()
@@ -347,6 +389,8 @@ class Server(Runtime):
             self.sync_native()
             self.native.start()
         self.config = new
+        if self.announcer is not None:  # removed clients' routes go at the next tick
+            self.announcer.plan.hold = new.announce_hold
         after = {p.id: (p.name, p.allowed_ips) for p in self.peers.values()}
         log.info("reloaded %s: %d clients (%d added, %d removed)", new.path, len(after),
                  len(after.keys() - before.keys()), len(before.keys() - after.keys()))
@@ -417,6 +461,7 @@ class Server(Runtime):
     def status(self) -> dict:
         doc = super().status()
         clients = []
+        announced = self.announcer.plan if self.announcer is not None else None
         for p in sorted(self.peers.values(), key=lambda p: p.id):
             clients.append({
                 "name": p.name,
@@ -426,6 +471,8 @@ class Server(Runtime):
                 "last_rx_seconds": self.last_rx_seconds(p),
                 "roams": p.roams,
                 "pinned": p.id in self.pins.pinned,
+                "announced": [str(n) for n in p.allowed_ips if n in announced.of(p.id)]
+                              if announced is not None else [],
                 **self.peer_counters(p),
             })
         totals = doc["totals"]  # drops are counted globally; traffic per client: add it up
@@ -434,6 +481,8 @@ class Server(Runtime):
         doc.update({
             "listen": format_addr((self.config.listen_host, self.config.listen_port)),
             "server_id": self.config.server_id,
+            "announce": ({"protocol": self.announcer.routes.protocol,
+                          "hold": announced.hold} if announced is not None else None),
             "clients": clients,
         })
         return doc
