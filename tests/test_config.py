@@ -152,7 +152,7 @@ def test_key_file_relative_to_config_dir_with_parse(tmp_path, monkeypatch):
     )
 
 
-SERVER_KEYS = ("listen, interface, address, server_id, mtu, user, state_dir, offload, "
+SERVER_KEYS = ("listen, listen_tcp, interface, address, server_id, mtu, user, state_dir, offload, "
                "configure_interface, announce_routes, announce_hold, announce_protocol")
 
 
@@ -375,7 +375,7 @@ BROKEN = [
      "{path}:5: [server] announce_protocol: 256 is out of range 5-255"),
     ("announce-on-a-client", client(announce_routes="yes"), {},
      "{path}:7: [client] unknown key 'announce_routes'; valid keys: id, server, server_id, "
-     "key, key_file, ratchet, interface, address, routes, keepalive, mtu, user, state_dir, offload, "
+     "transport, key, key_file, ratchet, interface, address, routes, keepalive, mtu, user, state_dir, offload, "
      "configure_interface"),
 ]
 

@@ -94,8 +94,10 @@ class Deployment:
     def __init__(self, make_host, tmp_path, clients: int = 1, v6_underlay: bool = False,
                  keepalive: int = 5, server_id: int = 7, loop: str = "native",
                  offload: bool = True, command=None, configure: bool = True,
-                 ratchet: str | None = None):
+                 ratchet: str | None = None, tcp: tuple = ()):
         self.tmp = str(tmp_path)
+        # Clients (by number) with `transport = tcp`; the server then has listen_tcp too.
+        self.tcp = tuple(tcp)
         # `ratchet = ...` on both ends, with each end's own copy of the key in a key file.
         self.ratchet = ratchet
         # False: `configure_interface = no`, and the harness adds the addresses and sets
@@ -135,6 +137,8 @@ class Deployment:
         text = (f"[server]\nlisten = {listen}\ninterface = vpn0\n"
                 f"address = {', '.join(self.server_addresses())}\nserver_id = {self.server_id}\n"
                 f"state_dir = {self.state_dir('server')}\n{self.offload_line()}")
+        if self.tcp:
+            text += f"listen_tcp = {'[::]' if self.v6_underlay else '0.0.0.0'}:{PORT}\n"
         for i in clients or range(1, len(self.client_hosts) + 1):
             text += (f"\n[client c{i}]\nid = {i}\n{self.key_lines(i, 'server')}"
                      f"allowed_ips = {client_tun4(i)}/32, {client_tun6(i)}/128\n")
@@ -147,7 +151,8 @@ class Deployment:
         return (f"[client]\nid = {i}\nserver = {self.server_underlay(i)}\n"
                 f"server_id = {self.server_id}\n{self.key_lines(i, 'client')}interface = vpn0\n"
                 f"address = {', '.join(self.client_addresses(i))}\nkeepalive = {keepalive}\n"
-                f"state_dir = {self.state_dir(f'client{i}')}\n{self.offload_line()}")
+                f"state_dir = {self.state_dir(f'client{i}')}\n{self.offload_line()}"
+                + ("transport = tcp\n" if i in self.tcp else ""))
 
     def key_lines(self, i: int, side: str) -> str:
         if self.ratchet is None:

@@ -148,6 +148,7 @@ include "_fast_window.pxi"
 include "_fast_routes.pxi"
 include "_fast_peers.pxi"
 include "_fast_offload.pxi"
+include "_fast_stream.pxi"
 include "_fast_batch.pxi"
 
 
@@ -186,6 +187,11 @@ cdef class Engine:
     cdef double sample_tokens, sample_refilled
     cdef double big_tokens, big_refilled
     cdef list keep                    # per slot, the SivContexts whose keys its peer borrows
+    cdef Stream **streams             # by descriptor: the TCP connections (_fast_stream.pxi)
+    cdef int nstreams
+    cdef pthread_mutex_t rx_lock      # one receive path at a time: datagrams or frames
+    cdef uint8_t *stream_out          # feed_stream's plaintext buffer
+    cdef Coal stream_coal
     cdef int stopping
 
     def __cinit__(self):
@@ -196,6 +202,17 @@ cdef class Engine:
             raise MemoryError()
         self.peers = NULL
         self.routes.slots = NULL
+        cdef rlimit lim
+        self.nstreams = 1024
+        if getrlimit(RLIMIT_NOFILE, &lim) == 0 and lim.rlim_cur > 1024:
+            self.nstreams = <int>min(lim.rlim_cur, <unsigned long>(1 << 20))
+        # calloc'd: pages of descriptors never used stay untouched
+        self.streams = <Stream **>calloc(self.nstreams, sizeof(Stream *))
+        if self.streams == NULL:
+            raise MemoryError()
+        pthread_mutex_init(&self.rx_lock, NULL)
+        self.stream_out = NULL
+        memset(&self.stream_coal, 0, sizeof(Coal))
 
     def __init__(self, bint server, int tun_fd, int sock_fd, int sock_family, int event_fd,
                  int stop_r, int frame_prefix=0, uint32_t server_id=0, int offload=0):
@@ -222,6 +239,16 @@ cdef class Engine:
             free(self.peers)
         free(self.by_id)
         free(self.routes.slots)
+        if self.streams != NULL:
+            for i in range(self.nstreams):
+                if self.streams[i] != NULL:
+                    pthread_mutex_destroy(&self.streams[i].lock)
+                    free(self.streams[i].rest)
+                    free(self.streams[i])
+            free(self.streams)
+        pthread_mutex_destroy(&self.rx_lock)
+        free(self.stream_out)
+        free(self.stream_coal.buf)
 
     # -- set-up (loops stopped) ------------------------------------------------------------
 
@@ -302,6 +329,121 @@ cdef class Engine:
     def lookup(self, int version, bytes address):
         """The owner of `address` (4 or 16 bytes), for tests."""
         return routes_lookup(&self.routes, version, <const uint8_t *>address)
+
+    # -- TCP connections (_fast_stream.pxi; the Python side owns them) ----------------------
+
+    def stream_open(self, int fd):
+        """A connection the engine may seal into and open frames from."""
+        cdef Stream *s
+        if fd < 0 or fd >= self.nstreams:
+            raise ValueError(f"descriptor {fd} is beyond the engine's table ({self.nstreams})")
+        s = self.streams[fd]
+        if s == NULL:
+            s = <Stream *>calloc(1, sizeof(Stream))
+            if s == NULL:
+                raise MemoryError()
+            pthread_mutex_init(&s.lock, NULL)
+            self.streams[fd] = s   # never freed while the engine lives: no thread can
+                                   # hold a pointer to freed memory
+        pthread_mutex_lock(&s.lock)
+        s.open, s.rest_len = 1, 0
+        pthread_mutex_unlock(&s.lock)
+
+    def stream_close(self, int fd):
+        """Before the descriptor is closed: nothing writes to it any more, and no peer has
+        it as its endpoint (so a reused descriptor number never receives their packets)."""
+        cdef Stream *s
+        cdef Peer *p
+        cdef int i
+        if fd < 0 or fd >= self.nstreams or self.streams[fd] == NULL:
+            return
+        s = self.streams[fd]
+        pthread_mutex_lock(&s.lock)
+        s.open, s.rest_len = 0, 0
+        pthread_mutex_unlock(&s.lock)
+        for i in range(self.npeers):
+            p = self.peers[i]
+            if p == NULL:
+                continue
+            pthread_mutex_lock(&p.lock)
+            if stream_fd_of(&p.endpoint, p.endpoint_len) == fd:
+                p.endpoint_len = 0
+            pthread_mutex_unlock(&p.lock)
+
+    def stream_send(self, int fd, bytes packet):
+        """One sealed packet of the Python side as a frame on connection fd (False when
+        its send buffer is full: dropped, as the native loop drops)."""
+        cdef const uint8_t *data = packet
+        cdef size_t n = len(packet)
+        cdef int ok
+        with nogil:
+            ok = stream_write(self.streams, self.nstreams, fd, data, n, 1, n)
+        return bool(ok)
+
+    def stream_flush(self, int fd):
+        """Send what a short write left (the tick: when no further frame comes for it)."""
+        cdef Stream *s
+        if fd < 0 or fd >= self.nstreams or self.streams[fd] == NULL:
+            return
+        s = self.streams[fd]
+        with nogil:
+            pthread_mutex_lock(&s.lock)
+            if s.open:
+                stream_flush_locked(s, fd)
+            pthread_mutex_unlock(&s.lock)
+
+    def feed_stream(self, int fd, uint8_t[::1] data):
+        """Open the whole frames at the start of `data`, read from connection fd, as the
+        receive loop opens datagrams (the same checks, counters and events; the sender's
+        address is the connection). Returns the bytes consumed (a frame cut short waits
+        for the next read), or -1 when a length is impossible: the stream is garbage and
+        the caller closes it, having read no more than one frame's worth of it."""
+        cdef Py_ssize_t n = data.shape[0], off = 0, length
+        cdef sockaddr_storage ss
+        cdef socklen_t alen = stream_addr(fd, &ss)
+        cdef int bad = 0
+        cdef Coal *co = NULL
+        cdef double mono
+        cdef int64_t now_s
+        cdef uint8_t *base = &data[0] if n else NULL
+        if self.stream_out == NULL:
+            self.stream_out = <uint8_t *>malloc(HEADROOM + SLOT)
+            if self.stream_out == NULL:
+                raise MemoryError()
+        if self.offload & OFF_VNET:
+            if self.stream_coal.buf == NULL:
+                self.stream_coal.buf = <uint8_t *>malloc(HEADROOM + 65535)
+                if self.stream_coal.buf == NULL:
+                    raise MemoryError()
+            co = &self.stream_coal
+        with nogil:
+            pthread_mutex_lock(&self.rx_lock)
+            mono = clock_now(CLOCK_MONOTONIC)
+            now_s = <int64_t>(clock_now(VC_STEADY) + self.clock_offset)
+            while n - off >= FRAME_PREFIX:
+                length = (base[off] << 8) | base[off + 1]
+                if length < OVERHEAD + 1 or length > MAX_DATAGRAM:
+                    bad = 1
+                    break
+                if n - off - FRAME_PREFIX < length:
+                    break
+                on_datagram(self, base + off + FRAME_PREFIX, length, &ss, alen,
+                            self.stream_out, co, now_s, mono)
+                off += FRAME_PREFIX + length
+            if co != NULL:
+                flush_coal(self, co)
+            pthread_mutex_unlock(&self.rx_lock)
+        return -1 if bad else off
+
+    def set_stream_endpoint(self, int idx, int fd):
+        """Send this peer's packets as frames on connection fd (a TCP client's server)."""
+        cdef Peer *p = self.peer(idx)
+        cdef sockaddr_storage ss
+        cdef socklen_t n = stream_addr(fd, &ss)
+        pthread_mutex_lock(&p.lock)
+        memcpy(&p.endpoint, &ss, n)
+        p.endpoint_len = n
+        pthread_mutex_unlock(&p.lock)
 
     def set_endpoint(self, int idx, str host, int port):
         """Where to send this peer's packets (the client's server, or a roamed client)."""

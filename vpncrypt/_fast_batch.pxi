@@ -16,6 +16,8 @@ def _address(raw):
         a4 = <const sockaddr_in *>p
         inet_ntop(AF_INET, &a4.sin_addr, text, sizeof(text))
         return (text.decode(), ntohs(a4.sin_port))
+    if stream_fd_of(p, len(raw)) >= 0:
+        return ("stream", stream_fd_of(p, len(raw)))   # a TCP connection (_fast_stream.pxi)
     return None
 
 

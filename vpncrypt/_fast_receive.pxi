@@ -254,6 +254,7 @@ cdef void udp_loop(Engine self) noexcept nogil:
             got = recvmmsg(self.sock_fd, msgs, nmsg, MSG_DONTWAIT, NULL)
             if got <= 0:
                 break
+            pthread_mutex_lock(&self.rx_lock)   # feed_stream opens frames of TCP clients
             mono = clock_now(CLOCK_MONOTONIC)
             now_s = <int64_t>(clock_now(VC_STEADY) + self.clock_offset)
             saw_gro = 0
@@ -287,6 +288,7 @@ cdef void udp_loop(Engine self) noexcept nogil:
                         break
             if co != NULL:
                 flush_coal(self, co)   # nothing waits past its receive batch
+            pthread_mutex_unlock(&self.rx_lock)
             for i in range(RX_GRO_MSGS, got):
                 # Only if GRO was on a moment ago (or with a jumbo datagram): give
                 # the pages back, the memory touched stays what it was.

@@ -29,6 +29,7 @@ DEF D_SPOOFED_SOURCE = 10
 DEF D_NO_ROUTE = 11
 DEF D_BAD_PACKET = 12
 DEF D_UNSYNCED = 13
+DEF D_QUEUE_FULL = 14
 DEF N_REASONS = 16  # counters per peer: every code fits
 # Per-client budgets (daemon/budgets.py).
 DEF ROAM_RATE = 1000.0

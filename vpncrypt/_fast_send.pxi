@@ -109,11 +109,37 @@ cdef int send_one(Engine self, const void *buf, size_t n, const msghdr *m) noexc
     return 1
 
 cdef void tx_flush(Engine self, Tx *tx) noexcept nogil:
-    cdef int k = 0, sent, j
+    """Send the batch: runs of datagrams with sendmmsg, messages to TCP connections as
+    frames (_fast_stream.pxi)."""
+    cdef int k = 0, end, fd
+    while k < tx.count:
+        fd = stream_fd_of(&tx.dests[k], tx.msgs[k].msg_hdr.msg_namelen)
+        if fd >= 0:
+            if not stream_write(self.streams, self.nstreams, fd,
+                                <uint8_t *>tx.iovs[k].iov_base, tx.iovs[k].iov_len,
+                                max(1, tx.nseg[k]), tx.segsize[k]):
+                tx.owners[k].tx_packets -= tx.nseg[k]
+                tx.owners[k].tx_bytes -= tx.iovs[k].iov_len
+                tx.owners[k].drops[D_QUEUE_FULL] += tx.nseg[k]
+                self.drops[D_QUEUE_FULL] += tx.nseg[k]
+            k += 1
+            continue
+        end = k + 1
+        while end < tx.count and stream_fd_of(&tx.dests[end],
+                                              tx.msgs[end].msg_hdr.msg_namelen) < 0:
+            end += 1
+        send_datagrams(self, tx, k, end)
+        k = end
+    tx.count = 0
+    tx.used = 0
+
+cdef void send_datagrams(Engine self, Tx *tx, int k, int end) noexcept nogil:
+    """Messages k to end - 1 of the batch, all datagrams."""
+    cdef int sent, j
     cdef size_t off, n
     cdef uint8_t *base
-    while k < tx.count:
-        sent = sendmmsg(self.sock_fd, &tx.msgs[k], tx.count - k, 0)
+    while k < end:
+        sent = sendmmsg(self.sock_fd, &tx.msgs[k], end - k, 0)
         if sent > 0:
             k += sent
         elif errno == EAGAIN:
@@ -138,8 +164,6 @@ cdef void tx_flush(Engine self, Tx *tx) noexcept nogil:
             tx.owners[k].tx_packets -= tx.nseg[k]   # not sent after all (unreachable...)
             tx.owners[k].tx_bytes -= tx.iovs[k].iov_len
             k += 1
-    tx.count = 0
-    tx.used = 0
 
 cdef void seal_tso(Engine self, Tx *tx, Peer *p, const uint8_t *pkt, Py_ssize_t r,
                    const VnetHdr *vh, int64_t ts, double mono) noexcept nogil:

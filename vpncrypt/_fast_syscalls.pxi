@@ -162,6 +162,8 @@ cdef extern from "<sys/socket.h>" nogil:
     int setsockopt(int fd, int level, int name, const void *value, socklen_t n)
     int sendmmsg(int fd, mmsghdr *vec, unsigned int vlen, int flags)
     ssize_t send(int fd, const void *buf, size_t n, int flags)
+    ssize_t sendmsg(int fd, const msghdr *m, int flags)
+    int MSG_NOSIGNAL
     ssize_t sendto(int fd, const void *buf, size_t n, int flags, const void *addr,
                    socklen_t alen)
     int MSG_DONTWAIT

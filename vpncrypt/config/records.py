@@ -86,12 +86,15 @@ class ServerConfig(_Record):
     and the link state are someone else's (netifd's `proto vpncrypt` on OpenWrt);
     announce_routes: kernel routes for active clients' allowed_ips (daemon/announce.py),
     withdrawn announce_hold seconds after a client's last authenticated packet, with
-    rtm_protocol announce_protocol."""
+    rtm_protocol announce_protocol. listen_host/listen_port are None without a UDP
+    `listen`; listen_tcp_host/listen_tcp_port None without `listen_tcp`."""
 
     _fields = ("path", "listen_host", "listen_port", "interface", "addresses", "server_id",
                "mtu", "clients", "user", "state_dir", "offload", "configure_interface",
-               "announce_routes", "announce_hold", "announce_protocol")
+               "announce_routes", "announce_hold", "announce_protocol", "listen_tcp_host",
+               "listen_tcp_port")
     _defaults = {"offload": True, "configure_interface": True, "announce_routes": False,
+                 "listen_tcp_host": None, "listen_tcp_port": None,
                  "announce_hold": DEFAULT_ANNOUNCE_HOLD,
                  "announce_protocol": DEFAULT_ANNOUNCE_PROTOCOL}
     role = "server"
@@ -105,6 +108,7 @@ class ClientConfig(_Record):
 
     _fields = ("path", "id", "server_host", "server_port", "server_id", "key", "interface",
                "addresses", "routes", "keepalive", "mtu", "user", "state_dir", "offload",
-               "configure_interface", "key_file")
-    _defaults = {"offload": True, "configure_interface": True, "key_file": None}
+               "configure_interface", "key_file", "transport")
+    _defaults = {"offload": True, "configure_interface": True, "key_file": None,
+                 "transport": "udp"}
     role = "client"

@@ -25,12 +25,13 @@ MAX_ANNOUNCE_HOLD = 86400
 MIN_ANNOUNCE_PROTOCOL, MAX_ANNOUNCE_PROTOCOL = 5, 255
 
 SERVER_KEYS = (
-    "listen", "interface", "address", "server_id", "mtu", "user", "state_dir", "offload",
-    "configure_interface", "announce_routes", "announce_hold", "announce_protocol",
+    "listen", "listen_tcp", "interface", "address", "server_id", "mtu", "user", "state_dir",
+    "offload", "configure_interface", "announce_routes", "announce_hold", "announce_protocol",
 )
 PEER_KEYS = ("id", "key", "key_file", "ratchet", "allowed_ips")
 CLIENT_KEYS = (
-    "id", "server", "server_id", "key", "key_file", "ratchet", "interface", "address",
+    "id", "server", "server_id", "transport", "key", "key_file", "ratchet", "interface",
+    "address",
     "routes", "keepalive", "mtu", "user", "state_dir", "offload", "configure_interface",
 )
 
@@ -91,7 +92,11 @@ def _build(ctx: _Context, sections: dict[str, dict[str, str]]):
 
 def _build_server(ctx, header, values, peers) -> ServerConfig:
     s = _Section(ctx, header, "server", values, SERVER_KEYS)
-    listen_host, listen_port = _endpoint(s, "listen", listen=True)
+    listen_host = listen_port = tcp_host = tcp_port = None
+    if s.has("listen") or not s.has("listen_tcp"):  # either may be given alone
+        listen_host, listen_port = _endpoint(s, "listen", listen=True)
+    if s.has("listen_tcp"):
+        tcp_host, tcp_port = _endpoint(s, "listen_tcp", listen=True)
     interface = _interface(s)
     addresses = _addresses(s)
     server_id = s.integer("server_id", 0, MAX_SERVER_ID, default=0)
@@ -151,6 +156,8 @@ def _build_server(ctx, header, values, peers) -> ServerConfig:
         path=ctx.path,
         listen_host=listen_host,
         listen_port=listen_port,
+        listen_tcp_host=tcp_host,
+        listen_tcp_port=tcp_port,
         interface=interface,
         addresses=addresses,
         server_id=server_id,
@@ -166,6 +173,13 @@ def _build_server(ctx, header, values, peers) -> ServerConfig:
         announce_protocol=s.integer("announce_protocol", MIN_ANNOUNCE_PROTOCOL,
                                     MAX_ANNOUNCE_PROTOCOL, default=DEFAULT_ANNOUNCE_PROTOCOL),
     )
+
+
+def _transport(s) -> str:
+    value = (s.optional("transport") or "udp").lower()
+    if value not in ("udp", "tcp"):
+        raise s.error(f"{_show(value)} is not udp or tcp", "transport")
+    return value
 
 
 def _check_overlaps(clients, sections) -> None:
@@ -219,6 +233,7 @@ def _build_client(ctx, header, values) -> ClientConfig:
         server_id=server_id,
         key=key,
         key_file=_key_path(s),
+        transport=_transport(s),
         interface=interface,
         addresses=addresses,
         routes=routes,

@@ -11,11 +11,12 @@ from ..protocol.wire import FROM_SERVER, KEEPALIVE_BODY, MIN_PACKET, OVERHEAD, D
 from ..protocol.bucket import Bucket
 from .budgets import CTL_RATE
 from .logs import kv, log
-from . import fastpath
+from . import fastpath, streams
 from .keystate import install
 from .runtime import BATCH, Runtime, format_addr
 
 RESOLVE_EVERY = 300.0  # seconds between routine re-resolutions of the server's name
+CONNECT_RETRY = (1.0, 2.0, 4.0, 8.0, 15.0)  # seconds between failed TCP connects (transport = tcp)
 SILENCE = 15.0  # server silent this long while we send: re-resolve and re-sync the clock
 RESYNC_EVERY = 600.0  # routine clock re-sync
 SYNC_RETRY = (1.0, 2.0, 4.0, 8.0, 15.0)  # seconds between unanswered time-sync requests
@@ -66,6 +67,13 @@ class Client(Runtime):
         self._resolved = None
         self.control_budget = Bucket(CTL_RATE)  # the Python loop's (the engine has its own)
         self.ratchets.step(self.now(), False)
+        # transport = tcp (daemon/streams.py): the connection to the server, ("stream", fd)
+        self.tcp = config.transport == "tcp"
+        self.conn = None
+        self._connecting = False
+        self._connected = None  # the connect thread's result
+        self.next_connect = 0.0
+        self.connect_attempt = 0
 
     def start(self) -> None:
         cfg = self.config
@@ -113,7 +121,10 @@ class Client(Runtime):
         self.session.sender = fastpath.EngineSender(engine, 0, False, epochs)
         engine.clock_offset = self.clock_base
         engine.hold_tx = not self.synced
-        if self.server:
+        self.streams.attach_native()
+        if self.conn is not None:
+            engine.set_stream_endpoint(0, self.conn[1])
+        elif self.server and not self.tcp:
             engine.set_endpoint(0, self.server[1][0], self.server[1][1])
         self.next_resolve = time.monotonic() + (RESOLVE_EVERY if self.server else 5.0)
 
@@ -125,7 +136,7 @@ class Client(Runtime):
                 packet = self.tun.read()
             except (BlockingIOError, InterruptedError):
                 return
-            if self.server is None:
+            if self.target() is None:
                 self.counters.drops[Drop.NO_ROUTE] += 1
                 continue
             if not self.synced and time.monotonic() - self.started < FIRST_SYNC_WAIT:
@@ -228,6 +239,8 @@ class Client(Runtime):
     def tick(self, mono: float) -> None:
         self.finish_resolve()
         cfg = self.config
+        if self.tcp and self.conn is None and mono >= self.next_connect:
+            self.start_connect(mono)
         if self.native is not None and self.native.engine.hold_tx:
             self.native.engine.hold_tx = not self.synced and mono - self.started < FIRST_SYNC_WAIT
         if mono >= self.next_sync:
@@ -244,6 +257,8 @@ class Client(Runtime):
                            action="re-resolving and re-syncing the clock"))
             self.start_resolve(mono)
             self.request_sync(mono)
+            if self.conn is not None:  # a connection that carries nothing back: a new one
+                self.streams.close(self.streams.conns[self.conn[1]], "the server is silent")
         if self.native is not None:
             # Data the native loop sent keeps NAT mappings fresh as a keepalive would; while
             # data comes back too, a keepalive would tell nothing new. (A one-way stream
@@ -263,7 +278,8 @@ class Client(Runtime):
         if packet is None:  # ratchet: our clock is before the epochs we hold (not synced)
             self.counters.drops[Drop.UNSYNCED] += 1
             return False
-        if not self.send(packet, self.server[1]):
+        target = self.target()
+        if target is None or not self.send(packet, target):
             return False
         self.counters.tx_packets += 1
         self.counters.tx_bytes += len(packet)  # on the wire: UDP payload, overhead included
@@ -271,6 +287,71 @@ class Client(Runtime):
         if self.unanswered_since is None:
             self.unanswered_since = mono
         return True
+
+    # -- transport = tcp -----------------------------------------------------------------------
+
+    def target(self):
+        """Where packets to the server go: its address, or our connection to it; None
+        while there is neither."""
+        if self.tcp:
+            return self.conn
+        return self.server[1] if self.server else None
+
+    def start_connect(self, mono: float) -> None:
+        """Connect to the server in a thread (a SYN into a black hole takes seconds)."""
+        if self._connecting or self.server is None:
+            return
+        self._connecting = True
+        family, sockaddr = self.server
+
+        def work():
+            try:
+                self._connected = (streams.connect(family, sockaddr), sockaddr)
+            except OSError as e:
+                self._connected = e
+            self._connecting = False
+            try:
+                os.write(self._wake_w.fileno(), b"c")
+            except OSError:
+                pass
+
+        _thread.start_new_thread(work, ())
+
+    def finish_connect(self) -> None:
+        result, self._connected = self._connected, None
+        if result is None:
+            return
+        mono = time.monotonic()
+        if isinstance(result, OSError):
+            delay = CONNECT_RETRY[min(self.connect_attempt, len(CONNECT_RETRY) - 1)]
+            self.connect_attempt += 1
+            self.next_connect = mono + delay
+            if self.limiter.allow(("tcp-connect", result.errno), mono) is not None:
+                log.warning(kv("tcp-connect-failed", server=format_addr(self.server[1]),
+                               error=result.strerror or result, retry=f"{delay:g}s"))
+            return
+        sock, peer = result
+        conn = self.streams.add(sock, peer)
+        conn.authenticated = True  # ours: the server's frames authenticate one by one
+        self.conn = conn.addr
+        self.connect_attempt = 0
+        if self.native is not None:
+            self.native.engine.set_stream_endpoint(0, conn.fd)
+        log.info(kv("tcp-connected", server=format_addr(peer)))
+        # The server learns this connection from our first authenticated packet on it.
+        self.request_sync(mono)
+        if self.synced:
+            self.send_sealed(Kind.KEEPALIVE, KEEPALIVE_BODY, mono)
+
+    def stream_closed(self, addr, authenticated: bool, why: str) -> None:
+        if addr != self.conn:
+            return
+        self.conn = None
+        delay = CONNECT_RETRY[min(self.connect_attempt, len(CONNECT_RETRY) - 1)]
+        self.connect_attempt += 1
+        self.next_connect = time.monotonic() + delay
+        log.warning(kv("tcp-disconnected", server=format_addr(self.server[1]) if self.server
+                       else self.config.server_host, why=why, retry=f"{delay:g}s"))
 
     def start_resolve(self, mono: float) -> None:
         """Resolve the server's name in a thread: a slow resolver must not stall the tunnel."""
@@ -320,13 +401,16 @@ class Client(Runtime):
                 self.selector.register(self.native.events, selectors.EVENT_READ,
                                        self.on_native_events)
                 self.native.start()
-        elif self.native is not None:
+        elif self.native is not None and not self.tcp:
             self.native.engine.set_endpoint(0, result[1][0], result[1][1])
+        if self.conn is not None:  # connected to the old address: connect to the new one
+            self.streams.close(self.streams.conns[self.conn[1]], "the server's address changed")
         self.request_sync(time.monotonic())
 
     def _on_wake(self) -> None:
         super()._on_wake()
         self.finish_resolve()
+        self.finish_connect()
 
     RESTART_ONLY = ("id", "server_id", "key", "interface", "addresses", "routes", "mtu",
                     "offload")
@@ -387,6 +471,9 @@ class Client(Runtime):
             "id": self.config.id,
             "server": f"{self.config.server_host}:{self.config.server_port}",
             "endpoint": format_addr(self.server[1]) if self.server else None,
+            "transport": self.config.transport,
+            "tcp": ({"connected": self.conn is not None, **self.streams.status()}
+                    if self.tcp else None),
             "server_id": self.config.server_id,
             "keepalive": self.config.keepalive,
             "clock_synced": self.synced,

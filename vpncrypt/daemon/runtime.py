@@ -20,6 +20,7 @@ from ..protocol.wire import Drop
 from . import fastpath
 from .logs import RateLimiter, kv, log
 from . import sockfilter
+from . import streams
 from .keystate import Ratchets
 from .replaystate import ReplayStateError, ReplayStateFiles
 
@@ -109,6 +110,8 @@ def overhead(family: int) -> int:
 
 
 def format_addr(addr) -> str:
+    if streams.is_stream(addr):
+        return streams.name_of(addr)
     host, port = addr[0], addr[1]
     if host.startswith("::ffff:") and "." in host:
         host = host[7:]
@@ -137,6 +140,7 @@ class Runtime:
         self._saved_replay = {}
         self.replay_files = None  # ReplayStateFiles, opened before the privilege drop
         self.ratchets = Ratchets(self)  # ratcheting clients' key files and epoch keys
+        self.streams = streams.Streams(self)  # TCP connections (listen_tcp, transport = tcp)
         self._wall_offset = None  # wall clock minus steady clock, to notice steps
         # The protocol clock is steady() + clock_base; only the clock rules move the base
         # (the server: protocol/clock.py; the client: time sync).
@@ -386,6 +390,9 @@ class Runtime:
     def clock_step_action(self, delta: float) -> str:
         return "none: the protocol clock runs on the server's time"
 
+    def stream_closed(self, addr, authenticated: bool, why: str) -> None:
+        """A TCP connection ended (daemon/streams.py); the engine already forgot it."""
+
     def ratchet_sides(self):
         """Per ratcheting client: (name, key file path or None, Sender, Receiver, engine
         index or None); see daemon/keystate.py."""
@@ -480,6 +487,7 @@ class Runtime:
         else:
             self.selector.register(self.tun.fd, selectors.EVENT_READ, self.on_tun)
             self.selector.register(self.sock, selectors.EVENT_READ, self.on_udp)
+        self.streams.start()
         next_tick = 0.0
         try:
             while not self.stopping:
@@ -496,6 +504,7 @@ class Runtime:
                 if time.monotonic() >= next_tick:
                     self.follow_clock_steps()
                     self.ratchets.step(self.now(), self.clock_trusted())
+                    self.streams.tick(time.monotonic())
                     self.tick(time.monotonic())
                     self.save_replay_state()
                     next_tick = time.monotonic() + TICK
@@ -505,6 +514,7 @@ class Runtime:
     def shutdown(self) -> None:
         if self.native is not None:
             self.native.stop()  # before the descriptors its threads use are closed
+        self.streams.close_all()
         self.save_replay_state()
         self.dump_stats()
         if self.tun is not None:
@@ -602,6 +612,8 @@ class Runtime:
             return False
 
     def send(self, packet, addr) -> bool:
+        if streams.is_stream(addr):
+            return self.streams.send(addr, packet)
         try:
             self.sock.sendto(packet, addr)
             return True

@@ -17,6 +17,7 @@ from .budgets import CTL_RATE, ROAM_RATE
 from .keystate import install
 from .pinning import PINNED_KINDS, Pins
 from .runtime import BATCH, Counters, FatalError, Runtime, flatten, format_addr, steady
+from .streams import is_stream
 
 # The types the Python loop budgets per client before the core decides them: DATA from
 # elsewhere (roaming), keepalives and time requests (control).
@@ -119,10 +120,20 @@ class Server(Runtime):
 
     def start(self) -> None:
         cfg = self.config
-        family = socket.AF_INET6 if ":" in cfg.listen_host else socket.AF_INET
+        host = cfg.listen_host or cfg.listen_tcp_host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         mtu = cfg.mtu or self.default_mtu(family, None)
         self.open_tun(mtu)
-        self.sock = self.make_socket(family, (cfg.listen_host, cfg.listen_port))
+        # Without `listen` (TCP only) the loops still get a datagram socket, on loopback.
+        self.sock = self.make_socket(family, (cfg.listen_host, cfg.listen_port)
+                                     if cfg.listen_host is not None
+                                     else ("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+        if cfg.listen_tcp_host is not None:
+            try:
+                self.streams.listen(cfg.listen_tcp_host, cfg.listen_tcp_port)
+            except OSError as e:
+                where = format_addr((cfg.listen_tcp_host, cfg.listen_tcp_port))
+                raise FatalError(f"cannot listen on TCP {where}: {e.strerror}") from None
         self.attach_filter()  # now with the client ids
         self.open_control()
         if fastpath.wanted(self.crypto_path):
@@ -142,7 +153,7 @@ class Server(Runtime):
         log.info(
             "server started: interface %s (%s, mtu %d), listening on %s, server id %d, "
             "%d clients, crypto %s, %s",
-            self.tun.name, addrs, mtu, format_addr((cfg.listen_host, cfg.listen_port)),
+            self.tun.name, addrs, mtu, self.listening(),
             cfg.server_id, len(self.peers), self.crypto_description(),
             self.native.describe() if self.native else "Python loop",
         )
@@ -206,6 +217,7 @@ class Server(Runtime):
         peers = self.peers
         if type(result) is Opened:
             peer = peers[result.client_id]
+            self.streams.authenticated(addr)
             if result.kind == Kind.DATA and not self.deliver(peer, result.body, now, addr):
                 return
             peer.counters.rx_packets += 1
@@ -220,6 +232,7 @@ class Server(Runtime):
                 self.send_to(peer, self.core.seal(peer.id, Kind.KEEPALIVE, KEEPALIVE_BODY, now),
                              addr)
         elif type(result) is Reply:
+            self.streams.authenticated(addr)
             # A time request may be a replay from an older run of the client (unknown to
             # its window): it never moves the endpoint; the answer goes to its source.
             self.send_to(peers[result.client_id], result.packet, addr)
@@ -245,6 +258,7 @@ class Server(Runtime):
                       if kind == Kind.TIME_REQUEST else Opened(client_id, Kind(kind), packet))
             self.decided(result, len(packet) + OVERHEAD, addr, now)
         elif kind == fastpath.EV_ENDPOINT and peer is not None:
+            self.streams.authenticated(addr)
             self.new_endpoint(peer, addr, from_engine=True)
         elif kind == fastpath.EV_DROP:
             name = peer.name if peer else (client_id or None)
@@ -267,16 +281,31 @@ class Server(Runtime):
 
     def new_endpoint(self, peer, addr, from_engine: bool = False) -> None:
         if self.native is not None and not from_engine:
-            self.native.engine.set_endpoint(self.native.engine.index_of(peer.id), addr[0], addr[1])
-        if peer.endpoint is None:
+            index = self.native.engine.index_of(peer.id)
+            if is_stream(addr):
+                self.native.engine.set_stream_endpoint(index, addr[1])
+            else:
+                self.native.engine.set_endpoint(index, addr[0], addr[1])
+        old = peer.endpoint
+        if old is None:
             log.info(kv("connected", client=peer.name, id=peer.id, endpoint=format_addr(addr)))
         else:
             peer.roams += 1
-            log.info(kv("endpoint", client=peer.name, id=peer.id,
-                        old=format_addr(peer.endpoint), new=format_addr(addr)))
+            log.info(kv("endpoint", client=peer.name, id=peer.id, old=format_addr(old),
+                        new=format_addr(addr)))
         peer.endpoint = addr
+        if is_stream(old) and old != addr and old[1] in self.streams.conns:
+            # One connection a client: a newer one that authenticated takes over.
+            self.streams.close(self.streams.conns[old[1]], "the client moved to " + format_addr(addr))
         if peer.id in self.pins.pinned:
             self.attach_filter()
+
+    def stream_closed(self, addr, authenticated: bool, why: str) -> None:
+        for peer in self.peers.values():
+            if peer.endpoint == addr:  # (the engine forgot it too: daemon/streams.py)
+                peer.endpoint = None
+                log.info(kv("disconnected", client=peer.name, id=peer.id,
+                            endpoint=format_addr(addr), why=why))
 
     # -- pins (daemon/pinning.py) -------------------------------------------------------------
 
@@ -335,7 +364,9 @@ class Server(Runtime):
         their clients' endpoints (replacing the one attached when the socket was made)."""
         if not self.filtering:
             return
-        pins = {cid: (self.peers[cid].endpoint, sample)
+        # (A TCP client's endpoint is a connection: its datagrams are all forgeries.)
+        pins = {cid: (None if is_stream(self.peers[cid].endpoint) else self.peers[cid].endpoint,
+                      sample)
                 for cid, sample in self.pins.samples().items()}
         if not sockfilter.attach(self.sock, self.role, pins, self.peers.keys()):
             self.filtering = False  # warned; the daemon checks every packet anyway
@@ -370,7 +401,7 @@ class Server(Runtime):
 
     # -- control ------------------------------------------------------------------------------
 
-    RESTART_ONLY = ("listen_host", "listen_port", "interface", "addresses", "server_id", "mtu",
+    RESTART_ONLY = ("listen_host", "listen_port", "listen_tcp_host", "listen_tcp_port", "interface", "addresses", "server_id", "mtu",
                     "offload", "announce_routes", "announce_protocol")
 
     def reload(self) -> str | None:
@@ -458,6 +489,15 @@ class Server(Runtime):
                 ages.append(time.monotonic() - engine_rx)
         return round(min(ages), 3) if ages else None
 
+    def listening(self) -> str:
+        cfg = self.config
+        where = []
+        if cfg.listen_host is not None:
+            where.append("UDP " + format_addr((cfg.listen_host, cfg.listen_port)))
+        if cfg.listen_tcp_host is not None:
+            where.append("TCP " + format_addr((cfg.listen_tcp_host, cfg.listen_tcp_port)))
+        return " and ".join(where)
+
     def status(self) -> dict:
         doc = super().status()
         clients = []
@@ -468,6 +508,7 @@ class Server(Runtime):
                 "id": p.id,
                 "allowed_ips": [str(n) for n in p.allowed_ips],
                 "endpoint": format_addr(p.endpoint) if p.endpoint else None,
+                "transport": ("tcp" if is_stream(p.endpoint) else "udp") if p.endpoint else None,
                 "last_rx_seconds": self.last_rx_seconds(p),
                 "roams": p.roams,
                 "pinned": p.id in self.pins.pinned,
@@ -479,7 +520,11 @@ class Server(Runtime):
         for key in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes"):
             totals[key] = sum(c[key] for c in clients)
         doc.update({
-            "listen": format_addr((self.config.listen_host, self.config.listen_port)),
+            "listen": (format_addr((self.config.listen_host, self.config.listen_port))
+                       if self.config.listen_host is not None else None),
+            "listen_tcp": (format_addr((self.config.listen_tcp_host, self.config.listen_tcp_port))
+                           if self.config.listen_tcp_host is not None else None),
+            "tcp": self.streams.status() if self.streams.listener is not None else None,
             "server_id": self.config.server_id,
             "announce": ({"protocol": self.announcer.routes.protocol,
                           "hold": announced.hold} if announced is not None else None),

@@ -63,6 +63,7 @@ class Drop(enum.IntEnum):
     NO_ROUTE = 11  # inner destination matches no client (daemon)
     BAD_PACKET = 12  # inner packet is not IPv4/IPv6 (daemon)
     UNSYNCED = 13  # client: outgoing packet held back until the first time sync (daemon)
+    QUEUE_FULL = 14  # a TCP connection's send queue is full: the frame is dropped (daemon)
 
     @property
     def label(self) -> str:
