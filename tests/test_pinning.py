@@ -13,7 +13,7 @@ def test_roaming_budget_of_the_python_loop():
 
     from vpncrypt.daemon.server import ROAM_RATE, PeerState
 
-    peer = PeerState(SimpleNamespace(name="a", id=1, allowed_ips=()))
+    peer = PeerState(SimpleNamespace(name="a", id=1, allowed_ips=(), key_file=None))
     home, away = ("192.0.2.1", 5000), ("198.51.100.7", 6000)
     assert sum(peer.may_open(away, 50.0) for _ in range(5000)) == ROAM_RATE  # no endpoint yet
     peer.endpoint = home

@@ -40,14 +40,12 @@ def name_of(addr) -> str:
 
 
 class Conn:
-    __slots__ = ("sock", "fd", "addr", "buf", "have", "opened", "last_rx", "authenticated",
-                 "rest")
+    __slots__ = ("sock", "fd", "addr", "partial", "opened", "last_rx", "authenticated", "rest")
 
     def __init__(self, sock, peer):
         self.sock, self.fd = sock, sock.fileno()
         self.addr = ("stream", self.fd)
-        self.buf = bytearray(READ_SIZE + framing.MAX_FRAME)
-        self.have = 0
+        self.partial = b""  # the start of a frame the last read cut (under one frame)
         self.opened = self.last_rx = time.monotonic()
         self.authenticated = False
         self.rest = b""  # the Python loop's unsent end of a short write
@@ -65,6 +63,8 @@ class Streams:
         self.listener = None
         self.accept_budget = Bucket(ACCEPT_RATE)
         self.accepted = self.closed = self.refused = self.garbage = 0
+        # One read buffer for every connection: a connection keeps only a cut frame.
+        self.buf = bytearray(READ_SIZE + framing.MAX_FRAME)
 
     # -- server: the listener ----------------------------------------------------------------
 
@@ -123,8 +123,10 @@ class Streams:
             self.owner.native.engine.stream_open(fd)
 
     def on_readable(self, conn: Conn) -> None:
+        buf, kept = self.buf, len(conn.partial)
+        buf[:kept] = conn.partial
         try:
-            n = conn.sock.recv_into(memoryview(conn.buf)[conn.have:], READ_SIZE)
+            n = conn.sock.recv_into(memoryview(buf)[kept:], READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
@@ -133,14 +135,14 @@ class Streams:
         if not n:
             self.close(conn, "closed by the peer")
             return
-        conn.have += n
+        have = kept + n
         conn.last_rx = time.monotonic()
         native = self.owner.native
         if native is not None:
-            used = native.engine.feed_stream(conn.fd, memoryview(conn.buf)[:conn.have])
+            used = native.engine.feed_stream(conn.fd, memoryview(buf)[:have])
         else:
             try:
-                packets, used = framing.split(conn.buf[:conn.have])
+                packets, used = framing.split(memoryview(buf)[:have])
             except framing.FrameError:
                 used = -1
             else:
@@ -152,9 +154,7 @@ class Streams:
             self.garbage += 1
             self.close(conn, "not a stream of frames (impossible length)")
             return
-        if used:
-            conn.buf[:conn.have - used] = conn.buf[used:conn.have]
-            conn.have -= used
+        conn.partial = bytes(buf[used:have])
 
     def authenticated(self, addr) -> None:
         conn = self.conns.get(addr[1]) if is_stream(addr) else None
