@@ -8,10 +8,12 @@ Two network namespaces, A (server side) and B (client side), joined by one veth 
   vpncrypt         vpncryptd, native packet loop (the default, offloads on)
   vpncrypt-nooffload  the same with `offload = no` in both configurations
   vpncrypt-python  vpncryptd with VPNCRYPT_LOOP=python (same native crypto, Python loop)
+  vpncrypt-tcp     vpncryptd over TCP (listen_tcp / transport = tcp), native loop
   fastd-salsa2012  fastd, method salsa2012+umac
   fastd-aes128-gcm fastd, method aes128-gcm (reported as failed if fastd refuses it)
   openvpn          OpenVPN 2.6, UDP, AES-256-GCM, TLS in p2p mode (tls-server/tls-client,
                    self-signed certificates checked by peer-fingerprint), DCO disabled
+  openvpn-tcp      the same with proto tcp-server / tcp-client
   wireguard-go     wireguard-go (userspace) configured by `wg`, tunnel MTU 1420
   tinc             tinc 1.0, router mode, Cipher aes-256-cbc + Digest sha256, MTU 1420
 
@@ -447,6 +449,7 @@ class Vpncrypt(System):
     ifname = "vpn0"
     loop_env: str | None = None
     extra_conf = ""
+    server_conf = client_conf = ""  # lines for one end only
     expect_log = r"native loop \(offloads: csum, tso4, tso6, (uso4, uso6, )?udp-gso, udp-gro\)"
 
     def available(self) -> str | None:
@@ -465,13 +468,14 @@ class Vpncrypt(System):
         server = self.write("server.conf", (
             f"[server]\nlisten = {UNDERLAY_A}:51900\ninterface = {self.ifname}\n"
             f"address = {self.tun_a}/24\nserver_id = 7\n"
-            f"state_dir = {os.path.join(self.dir, 'server-state')}\n\n"
+            f"state_dir = {os.path.join(self.dir, 'server-state')}\n{self.server_conf}\n"
             f"{self.extra_conf}\n"
             f"[client c1]\nid = 1\nkey = {key}\nallowed_ips = {self.tun_b}/32\n"))
         client = self.write("client.conf", (
             f"[client]\nid = 1\nserver = {UNDERLAY_A}:51900\nserver_id = 7\nkey = {key}\n"
             f"interface = {self.ifname}\naddress = {self.tun_b}/24\nkeepalive = 25\n"
-            f"state_dir = {os.path.join(self.dir, 'client-state')}\n{self.extra_conf}"))
+            f"state_dir = {os.path.join(self.dir, 'client-state')}\n{self.extra_conf}"
+            f"{self.client_conf}"))
         env = dict(self.ctx.installed_env or self.ctx.py_env)
         env.pop("VPNCRYPT_LOOP", None)
         if self.loop_env:
@@ -507,6 +511,13 @@ class VpncryptPython(Vpncrypt):
     label = "vpncrypt (VPNCRYPT_LOOP=python)"
     loop_env = "python"
     expect_log = r"Python loop"
+
+
+class VpncryptTCP(Vpncrypt):
+    key = "vpncrypt-tcp"
+    label = "vpncrypt over TCP (native loop)"
+    server_conf = f"listen_tcp = {UNDERLAY_A}:51900\n"
+    client_conf = "transport = tcp\n"
 
 
 class Fastd(System):
@@ -579,16 +590,18 @@ class OpenVPN(System):
                             check=True, capture_output=True, text=True, timeout=30).stdout
         return fp.strip().split("=", 1)[1]
 
+    protos = ("udp", "udp")  # (a, b)
+
     def start(self) -> None:
         fa, fb = self.cert("a"), self.cert("b")
-        common = (f"dev {self.ifname}\ndev-type tun\nproto udp\ndisable-dco\n"
+        common = (f"dev {self.ifname}\ndev-type tun\ndisable-dco\n"
                   "data-ciphers AES-256-GCM\ndh none\nverb 3\n")
         ca = self.write("a.conf", common + (
-            f"local {UNDERLAY_A}\nlport 1194\ntls-server\n"
+            f"proto {self.protos[0]}\nlocal {UNDERLAY_A}\nlport 1194\ntls-server\n"
             f"cert {self.dir}/a.crt\nkey {self.dir}/a.key\npeer-fingerprint {fb}\n"
             f"ifconfig {self.tun_a} {self.tun_b}\n"))
         cb = self.write("b.conf", common + (
-            f"remote {UNDERLAY_A} 1194\nnobind\ntls-client\n"
+            f"proto {self.protos[1]}\nremote {UNDERLAY_A} 1194\nnobind\ntls-client\n"
             f"cert {self.dir}/b.crt\nkey {self.dir}/b.key\npeer-fingerprint {fa}\n"
             f"ifconfig {self.tun_b} {self.tun_a}\n"))
         self.spawn("a", ["openvpn", "--config", ca])
@@ -603,6 +616,12 @@ class OpenVPN(System):
             self.notes.append(f"{side}: {m.group(0) if m else '?'}")
             if "AES-256-GCM" not in text:
                 raise SetupError(f"{self.key}: data channel is not AES-256-GCM:\n{tail(self.logs[side])}")
+
+
+class OpenVPNTCP(OpenVPN):
+    key = "openvpn-tcp"
+    label = "OpenVPN TCP AES-256-GCM, TLS p2p"
+    protos = ("tcp-server", "tcp-client")
 
 
 class WireguardGo(System):
@@ -698,7 +717,8 @@ class Tinc(System):
             self.configure_link(host, self.ifname, f"{cidr}/24", 1420)
 
 
-SYSTEMS = [NoVPN, Vpncrypt, VpncryptNoOffload, VpncryptPython, FastdSalsa, FastdGCM, OpenVPN, WireguardGo, Tinc]
+SYSTEMS = [NoVPN, Vpncrypt, VpncryptNoOffload, VpncryptPython, VpncryptTCP, FastdSalsa, FastdGCM,
+           OpenVPN, OpenVPNTCP, WireguardGo, Tinc]
 
 
 # -- the bench ------------------------------------------------------------------------------

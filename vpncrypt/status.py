@@ -51,7 +51,16 @@ def render_table(doc: dict) -> str:
     lines = [f"interface: {doc['interface']}"]
     announce = doc.get("announce") if doc["role"] == "server" else None
     if doc["role"] == "server":
-        lines.append(f"  role: server, listening on {doc['listen']}, server id {doc['server_id']}")
+        where = [f"UDP {doc['listen']}"] if doc.get("listen") else []
+        if doc.get("listen_tcp"):
+            where.append(f"TCP {doc['listen_tcp']}")
+        lines.append(f"  role: server, listening on {' and '.join(where)}, server id "
+                     f"{doc['server_id']}")
+        tcp = doc.get("tcp")
+        if tcp:
+            lines.append(f"  tcp connections: {tcp['open']} open ({tcp['authenticated']} "
+                         f"authenticated), {tcp['accepted']} accepted, {tcp['closed']} closed, "
+                         f"{tcp['refused']} refused, {tcp['garbage']} garbage")
         if announce:
             carried = sum(1 for c in doc["clients"] if c.get("announced"))
             lines.append(f"  announcing client routes: protocol {announce['protocol']}, hold "
@@ -59,7 +68,10 @@ def render_table(doc: dict) -> str:
                          "announced")
     else:
         lines.append(f"  role: client {doc['id']}, server {doc['server']} "
-                     f"(endpoint {doc['endpoint'] or 'unresolved'}), server id {doc['server_id']}")
+                     f"(endpoint {doc['endpoint'] or 'unresolved'}), server id {doc['server_id']}"
+                     + (", over TCP (" + ("connected" if doc["tcp"]["connected"] else
+                                          "not connected") + ")"
+                        if doc.get("transport") == "tcp" else ""))
         clock = (f"synced, offset {doc['clock_offset']:+.3f}s" if doc["clock_synced"]
                  else "not synced yet")
         lines.append(f"  last packet from server: {_ago(doc['last_rx_seconds'])}; clock {clock}")
