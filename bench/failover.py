@@ -59,8 +59,8 @@ def main() -> None:
     for n in range(args.runs):
         times.append(one_run(args.loop))
         print(f"run {n + 1}: {times[-1]:.2f} s", file=sys.stderr)
-    print(f"failover ({args.loop} loop, {args.runs} runs): median {statistics.median(times):.2f} s, "
-          f"min {min(times):.2f}, max {max(times):.2f}")
+    print(f"failover ({args.loop} loop, {args.runs} runs): "
+          f"median {statistics.median(times):.2f} s, min {min(times):.2f}, max {max(times):.2f}")
 
 
 if __name__ == "__main__":

@@ -392,7 +392,8 @@ class MultiClient(Client):
         doc = super().status()
         mono = time.monotonic()
         failover = self.failover
-        doc.update({"server": self.slot.label, "server_id": self.slot.id, "switches": self.switches})
+        doc.update({"server": self.slot.label, "server_id": self.slot.id,
+                    "switches": self.switches})
         servers = []
         for slot in self.slots:
             last = failover.last_answer[slot.index]
