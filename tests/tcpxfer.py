@@ -1,8 +1,11 @@
 """A TCP transfer checked by SHA-256 on both ends (run inside test namespaces).
 
     python tcpxfer.py recv PORT          -> prints {"bytes": N, "sha256": H} when the peer closes
-    python tcpxfer.py send HOST PORT SIZE SEED [--rate-limit-ms=0]
+    python tcpxfer.py send HOST PORT SIZE SEED [PAUSE_MS]
                                          -> prints {"bytes": N, "sha256": H, "seconds": T}
+                                         (PAUSE_MS: a pause after each 64-KiB chunk,
+                                         so a transfer lasts long enough to outlive
+                                         an event in the middle of it)
 The sender's data is a deterministic pseudo-random stream, so both ends hash what
 actually crossed the tunnel.
 """
@@ -35,7 +38,7 @@ def recv(port: int) -> None:
     print(json.dumps({"bytes": total, "sha256": digest.hexdigest()}), flush=True)
 
 
-def send(host: str, port: int, size: int, seed: int) -> None:
+def send(host: str, port: int, size: int, seed: int, pause: float = 0.0) -> None:
     rng = random.Random(seed)
     digest, sent = hashlib.sha256(), 0
     started = time.monotonic()
@@ -45,6 +48,8 @@ def send(host: str, port: int, size: int, seed: int) -> None:
         conn.sendall(block)
         digest.update(block)
         sent += len(block)
+        if pause:
+            time.sleep(pause)
     conn.shutdown(socket.SHUT_WR)
     conn.recv(1)  # wait until the receiver has read everything and closed
     conn.close()
@@ -56,4 +61,5 @@ if __name__ == "__main__":
     if sys.argv[1] == "recv":
         recv(int(sys.argv[2]))
     else:
-        send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+        send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]),
+             float(sys.argv[6]) / 1000 if len(sys.argv) > 6 else 0.0)

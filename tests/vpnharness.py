@@ -274,9 +274,11 @@ def receiver_result(proc, timeout: float = 120) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def start_sender(host, target: str, size: int, seed: int = 1, port: int = 5201):
+def start_sender(host, target: str, size: int, seed: int = 1, port: int = 5201,
+                 pause_ms: int = 0):
     return host.popen([sys.executable, os.path.join(TESTS_DIR, "tcpxfer.py"), "send", target,
-                       str(port), str(size), str(seed)], stdout=subprocess.PIPE, text=True)
+                       str(port), str(size), str(seed)] + ([str(pause_ms)] if pause_ms else []),
+                      stdout=subprocess.PIPE, text=True)
 
 
 def transfer(sender_host, receiver_host, target: str, size: int, seed: int = 1,

@@ -75,6 +75,10 @@ def render_table(doc: dict) -> str:
         clock = (f"synced, offset {doc['clock_offset']:+.3f}s" if doc["clock_synced"]
                  else "not synced yet")
         lines.append(f"  last packet from server: {_ago(doc['last_rx_seconds'])}; clock {clock}")
+        if doc.get("servers"):  # several servers: each one's state, and the switches so far
+            states = ", ".join(f"{s['server']} id {s['server_id']} {s['state'].replace('-', ' ')}"
+                               for s in doc["servers"])
+            lines.append(f"  servers: {states}; {doc['switches']} switches")
     lines.append(f"  addresses: {', '.join(doc['addresses'])}; mtu {doc['mtu']}")
     lines.append(f"  crypto: {doc['crypto']}; uptime {_duration(doc['uptime'])}; pid {doc['pid']}")
     off = doc.get("offloads")
@@ -146,6 +150,12 @@ def render_prometheus(docs: list[dict], down=()) -> str:
             if doc["last_rx_seconds"] is not None:
                 add("vpncrypt_client_last_rx_seconds", base, doc["last_rx_seconds"])
             add("vpncrypt_clock_offset_seconds", base, doc["clock_offset"])
+            for server in doc.get("servers") or ():
+                add("vpncrypt_client_server_in_use",
+                    {**base, "server": server["server"], "server_id": server["server_id"]},
+                    int(server["state"] == "in-use"))
+            if doc.get("servers"):
+                add("vpncrypt_client_server_switches_total", base, doc["switches"])
         for labels, counters in scopes:
             scope = {**labels, "scope": "client" if "client" in labels else "total"}
             for key, name, _ in _COUNTERS:
@@ -165,6 +175,10 @@ def render_prometheus(docs: list[dict], down=()) -> str:
                                       "client (announce_routes).", "gauge"),
         "vpncrypt_client_last_rx_seconds": ("Seconds since the last authenticated packet.", "gauge"),
         "vpncrypt_clock_offset_seconds": ("Correction applied to the local clock.", "gauge"),
+        "vpncrypt_client_server_in_use": ("1 for the server a client with several servers "
+                                          "uses now, 0 for the others.", "gauge"),
+        "vpncrypt_client_server_switches_total": ("Moves of a client with several servers "
+                                                  "from one to another.", "counter"),
     })
     for name, samples in metrics.items():
         help_text, kind = helps[name]

@@ -121,6 +121,8 @@ def main(argv=None) -> None:
         logs.log.warning("%s", warning)
     if cfg.role == "server":
         from ..daemon.server import Server as Daemon
+    elif len(cfg.server_list()) > 1:
+        from ..daemon.multiclient import MultiClient as Daemon
     else:
         from ..daemon.client import Client as Daemon
     report = None

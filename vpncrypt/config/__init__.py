@@ -117,6 +117,10 @@ def warnings_for(config: ServerConfig | ClientConfig) -> tuple[str, ...]:
     in one file can show whether another server shares the key, hence a warning for the
     id alone. (Refusing 0 would cut off every installation made before ids were set.)
     """
+    if config.role == "client" and len(config.server_list()) > 1:
+        zero = [f"{host}:{port}" for host, port, sid in config.server_list() if sid == 0]
+        return (f"{config.path}: [client] server_id is 0 for {zero[0]}: give that server an "
+                "id of its own (vpncrypt genid) and set the same in its config",) if zero else ()
     if config.server_id != 0:
         return ()
     if config.role == "server":

@@ -104,11 +104,18 @@ class ClientConfig(_Record):
     """A client config. server_host is a host name or IP literal (brackets stripped);
     addresses a tuple of ipaddress.IPv4Interface / IPv6Interface; routes a tuple of
     ipaddress.IPv4Network / IPv6Network; keepalive in seconds, 0 = off; key and key_file
-    as for Peer."""
+    as for Peer. servers: every configured server as (host, port, server_id) in file
+    order (`server = A, B` with `server_id = 1, 2`); server_host, server_port and
+    server_id are the first of them (the only one of a single-server config)."""
 
     _fields = ("path", "id", "server_host", "server_port", "server_id", "key", "interface",
                "addresses", "routes", "keepalive", "mtu", "user", "state_dir", "offload",
-               "configure_interface", "key_file", "transport")
+               "configure_interface", "key_file", "transport", "servers")
     _defaults = {"offload": True, "configure_interface": True, "key_file": None,
-                 "transport": "udp"}
+                 "transport": "udp", "servers": ()}
     role = "client"
+
+    def server_list(self) -> tuple:
+        """((host, port, server_id), ...): `servers`, or the one server of a record made
+        without it."""
+        return self.servers or ((self.server_host, self.server_port, self.server_id),)

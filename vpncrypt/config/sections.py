@@ -13,7 +13,7 @@ from ..protocol.session import key_identity
 from .records import (DEFAULT_ANNOUNCE_HOLD, DEFAULT_ANNOUNCE_PROTOCOL, ClientConfig, Peer,
                       ServerConfig)
 from .values import (_Section, _addresses, _endpoint, _interface, _key, _key_path, _mtu,
-                     _networks, _state_dir, _user)
+                     _networks, _parse_endpoint, _state_dir, _user)
 
 DEFAULT_KEEPALIVE = 25  # seconds
 MAX_KEEPALIVE = 3600
@@ -215,8 +215,12 @@ def _check_overlaps(clients, sections) -> None:
 def _build_client(ctx, header, values) -> ClientConfig:
     s = _Section(ctx, header, "client", values, CLIENT_KEYS)
     client_id = s.integer("id", 1, MAX_CLIENT_ID, required=True)
-    server_host, server_port = _endpoint(s, "server", listen=False)
-    server_id = s.integer("server_id", 0, MAX_SERVER_ID, default=0)
+    servers = _servers(s)
+    server_host, server_port, server_id = servers[0]
+    transport = _transport(s)
+    if transport == "tcp" and len(servers) > 1:
+        raise s.error("transport = tcp takes one server: several servers fail over on udp",
+                      "transport")
     key = _key(s)
     interface = _interface(s)
     addresses = _addresses(s)
@@ -233,7 +237,7 @@ def _build_client(ctx, header, values) -> ClientConfig:
         server_id=server_id,
         key=key,
         key_file=_key_path(s),
-        transport=_transport(s),
+        transport=transport,
         interface=interface,
         addresses=addresses,
         routes=routes,
@@ -243,4 +247,47 @@ def _build_client(ctx, header, values) -> ClientConfig:
         state_dir=state_dir,
         offload=s.flag("offload", default=True),
         configure_interface=s.flag("configure_interface", default=True),
+        servers=servers,
     )
+
+
+def _servers(s: _Section) -> tuple:
+    """`server = HOST:PORT[, HOST:PORT ...]` with `server_id = ID[, ID ...]` in the same
+    order: ((host, port, id), ...). One server as before (its id defaults to 0); with
+    several, one id each, all different: the id is bound into every key, which is what
+    keeps a packet captured at one server from being accepted by another."""
+    value = s.get("server")
+    if value is None or "," not in value:
+        host, port = _endpoint(s, "server", listen=False)
+        if "," not in (s.get("server_id") or ""):
+            return ((host, port, s.integer("server_id", 0, MAX_SERVER_ID, default=0)),)
+        endpoints = [(host, port)]
+    else:
+        entries = [e.strip() for e in value.split(",")]
+        if not all(entries):
+            raise s.error(f"{_show(value)} has an empty entry (servers are separated by commas)",
+                          "server")
+        endpoints = [_parse_endpoint(s, "server", e, listen=False) for e in entries]
+        for n, endpoint in enumerate(endpoints):
+            if endpoint in endpoints[:n]:
+                raise s.error(f"{entries[n]} is listed twice", "server")
+    raw = s.get("server_id")
+    if raw is None:
+        raise s.error(f"{len(endpoints)} servers need a server_id each (server_id = ID, ID, "
+                      "... in the same order, all different)", "server")
+    texts = [t.strip() for t in raw.split(",")]
+    ids = []
+    for text in texts:
+        if not re.fullmatch(r"[0-9]{1,20}", text) or int(text) > MAX_SERVER_ID:
+            raise s.error(f"{_show(text)} is not a server id (0-{MAX_SERVER_ID})", "server_id")
+        ids.append(int(text))
+    if len(ids) != len(endpoints):
+        servers = f"{len(endpoints)} server" + ("s" if len(endpoints) > 1 else "")
+        raise s.error(f"{len(ids)} ids for {servers}: list one per server, "
+                      "in the order of `server`", "server_id")
+    for n, sid in enumerate(ids):
+        if sid in ids[:n]:
+            raise s.error(f"{sid} is listed twice: every server needs its own id (it is bound "
+                          "into every key, which keeps packets captured at one server from "
+                          "being accepted by another)", "server_id")
+    return tuple((host, port, sid) for (host, port), sid in zip(endpoints, ids))

@@ -131,7 +131,11 @@ class _Section:
 
 
 def _endpoint(s: _Section, key: str, *, listen: bool) -> tuple[str, int]:
-    value = s.require(key)
+    return _parse_endpoint(s, key, s.require(key), listen=listen)
+
+
+def _parse_endpoint(s: _Section, key: str, value: str, *, listen: bool) -> tuple[str, int]:
+    """One host:port (`value`, one entry of `key`'s list)."""
     example = "0.0.0.0:51900 or [::]:51900" if listen else "vpn.example.org:51900 or [fd00::1]:51900"
     if value.startswith("["):
         mo = re.fullmatch(r"\[([^\]]*)\](?::(.*))?", value)
