@@ -771,3 +771,15 @@ def test_reload_false_does_not_touch_the_socket(laptop, tmp_path):
     assert daemon.requests == [{"command": "show"}]
     assert result.reloaded is False
     assert not any("vpncryptd" in n for n in result.notes)
+
+
+def test_transport_tcp_points_the_client_at_listen_tcp(laptop):
+    with pytest.raises(ProvisionError, match=r"--transport=tcp, but \[server\] has no listen_tcp"):
+        add_client(str(laptop), "phone", reload=False, transport="tcp")
+    text = laptop.read_text().replace("[server]\n", "[server]\nlisten_tcp = 192.0.2.7:443\n", 1)
+    laptop.write_text(text)
+    result = add_client(str(laptop), "phone", reload=False, transport="tcp")
+    client = parse_client(result, "c.conf")
+    assert client.transport == "tcp" and (client.server_host, client.server_port) == ("192.0.2.7", 443)
+    udp = parse_client(add_client(str(laptop), "tablet", reload=False), "c.conf")
+    assert udp.transport == "udp" and udp.server_port != 443

@@ -135,7 +135,7 @@ class Removed:
 
 
 def add_client(config_path: str, name: str, endpoint: str | None = None, *, reload=True,
-               rng=os.urandom) -> Provisioned:
+               rng=os.urandom, transport: str | None = None) -> Provisioned:
     """Append a ``[client NAME]`` section to the server config at ``config_path``.
 
     Returns a :class:`Provisioned` whose ``client_config`` is the new client's complete
@@ -170,10 +170,11 @@ def add_client(config_path: str, name: str, endpoint: str | None = None, *, relo
         new_server_id = server_id = generate_server_id(rng)
         text = _insert_server_id(text, path, server_id, newline)
 
-    server_value, server_comment = _server_value(cfg, endpoint, path)
+    transport = _transport(cfg, transport, path)
+    server_value, server_comment = _server_value(cfg, endpoint, path, transport)
     inline = bool(sections) and all("key" in values for values in sections.values())
     client_text = _client_config(name, client_id, server_value, server_comment, cfg, key,
-                                 addresses, server_id, ratchet=not inline)
+                                 addresses, server_id, ratchet=not inline, transport=transport)
     try:
         # (Checked with the key inline: the client's key file is not on this machine.)
         configmod.parse(_client_config(name, client_id, server_value, server_comment, cfg, key,
@@ -361,11 +362,25 @@ def _free_addresses(cfg, path) -> list:
     return out
 
 
-def _server_value(cfg, endpoint, path) -> tuple[str, str | None]:
+def _transport(cfg, transport, path) -> str:
+    """udp or tcp for the new client: as asked, else udp where the server listens on UDP."""
+    if transport is None:
+        return "udp" if cfg.listen_host is not None else "tcp"
+    if transport not in ("udp", "tcp"):
+        raise ProvisionError(f"--transport: {transport!r} is not udp or tcp")
+    if transport == "tcp" and cfg.listen_tcp_host is None:
+        raise ProvisionError(f"{path}: --transport=tcp, but [server] has no listen_tcp")
+    if transport == "udp" and cfg.listen_host is None:
+        raise ProvisionError(f"{path}: --transport=udp, but [server] has no listen (TCP only)")
+    return transport
+
+
+def _server_value(cfg, endpoint, path, transport="udp") -> tuple[str, str | None]:
     """('host:port' for the client's `server =`, a comment to show, or None)."""
-    port = cfg.listen_port
+    listen_host, port = ((cfg.listen_tcp_host, cfg.listen_tcp_port) if transport == "tcp"
+                         else (cfg.listen_host, cfg.listen_port))
     if endpoint is None:
-        ip = ipaddress.ip_address(cfg.listen_host)
+        ip = ipaddress.ip_address(listen_host)
         if ip.is_unspecified:
             return (f"{PLACEHOLDER_HOST}:{port}",
                     "replace YOUR.SERVER.HOST with the server's public host name or address "
@@ -391,7 +406,7 @@ def _server_value(cfg, endpoint, path) -> tuple[str, str | None]:
 
 
 def _client_config(name, client_id, server_value, server_comment, cfg, key, addresses,
-                   server_id, ratchet: bool = False) -> str:
+                   server_id, ratchet: bool = False, transport: str = "udp") -> str:
     server_line = f"server = {server_value}"
     if server_comment:
         server_line += f"  ; {server_comment}"
@@ -406,6 +421,7 @@ def _client_config(name, client_id, server_value, server_comment, cfg, key, addr
         f"id = {client_id}",
         server_line,
         f"server_id = {server_id}",
+        *(["transport = tcp"] if transport == "tcp" else []),
         *keys,
         f"interface = {CLIENT_INTERFACE}",
         "address = " + ", ".join(str(a) for a in addresses),

@@ -5,7 +5,7 @@ Usage:
   vpncrypt genid
   vpncrypt check-config FILE
   vpncrypt show [INTERFACE] [--json | --prometheus] [--state-dir=DIR]
-  vpncrypt add-client NAME --config=FILE [--endpoint=HOST:PORT]
+  vpncrypt add-client NAME --config=FILE [--endpoint=HOST:PORT] [--transport=KIND]
   vpncrypt remove-client NAME --config=FILE
   vpncrypt --version
   vpncrypt -h | --help
@@ -31,6 +31,8 @@ Options:
   --config=FILE     The server configuration that add-client/remove-client edit.
   --endpoint=HOST:PORT  How the client reaches the server (default: the listen address,
                     or a placeholder to edit when the server listens on all addresses).
+  --transport=KIND  How the client sends: udp (the default where the server has a
+                    listen) or tcp, to the server's listen_tcp, for networks that drop UDP.
 """
 
 import os
@@ -73,7 +75,8 @@ def main(argv=None) -> None:
 
         try:
             if args["add-client"]:
-                result = provision.add_client(args["--config"], args["NAME"], args["--endpoint"])
+                result = provision.add_client(args["--config"], args["NAME"], args["--endpoint"],
+                                              transport=args["--transport"])
             else:
                 result = provision.remove_client(args["--config"], args["NAME"])
         except provision.ProvisionError as e:
