@@ -51,9 +51,9 @@ def render_table(doc: dict) -> str:
     lines = [f"interface: {doc['interface']}"]
     announce = doc.get("announce") if doc["role"] == "server" else None
     if doc["role"] == "server":
-        where = [f"UDP {doc['listen']}"] if doc.get("listen") else []
-        if doc.get("listen_tcp"):
-            where.append(f"TCP {doc['listen_tcp']}")
+        where = [doc["listen"]] if doc.get("listen") else []
+        if doc.get("listen_tcp"):  # (a UDP-only server reads as it always did)
+            where = [f"{w} (UDP)" for w in where] + [f"{doc['listen_tcp']} (TCP)"]
         lines.append(f"  role: server, listening on {' and '.join(where)}, server id "
                      f"{doc['server_id']}")
         tcp = doc.get("tcp")
