@@ -6,9 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# nftables: tests/test_tcp_transport.py drops a client network's UDP with nft.
 # bird2: tests/test_announce_bird.py runs docs/bird-announce.conf (Debian enables its
 # service, whose default configuration adds and removes no routes).
-APT_PACKAGES=(python3 python3-venv python3-dev gcc libssl-dev iproute2 iputils-ping iperf3 tcpdump faketime scdoc shellcheck busybox make ethtool bird2)
+APT_PACKAGES=(python3 python3-venv python3-dev gcc libssl-dev iproute2 iputils-ping iperf3 tcpdump faketime scdoc shellcheck busybox make ethtool bird2 nftables)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

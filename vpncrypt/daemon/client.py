@@ -1,6 +1,5 @@
 """The client daemon: one server, found by name, kept reachable through NAT, clock synced to it."""
 
-import _thread
 import os
 import selectors
 import socket
@@ -304,18 +303,11 @@ class Client(Runtime):
         self._connecting = True
         family, sockaddr = self.server
 
-        def work():
-            try:
-                self._connected = (streams.connect(family, sockaddr), sockaddr)
-            except OSError as e:
-                self._connected = e
+        def store(result):
+            self._connected = result
             self._connecting = False
-            try:
-                os.write(self._wake_w.fileno(), b"c")
-            except OSError:
-                pass
 
-        _thread.start_new_thread(work, ())
+        self.in_background(lambda: (streams.connect(family, sockaddr), sockaddr), store)
 
     def finish_connect(self) -> None:
         result, self._connected = self._connected, None
@@ -361,18 +353,11 @@ class Client(Runtime):
         self._resolving = True
         host, port = self.config.server_host, self.config.server_port
 
-        def work():
-            try:
-                self._resolved = resolve(host, port)
-            except OSError as e:
-                self._resolved = e
+        def store(result):
+            self._resolved = result
             self._resolving = False
-            try:
-                os.write(self._wake_w.fileno(), b"r")
-            except OSError:
-                pass
 
-        _thread.start_new_thread(work, ())
+        self.in_background(lambda: resolve(host, port), store)
 
     def finish_resolve(self) -> None:
         result, self._resolved = self._resolved, None

@@ -14,7 +14,6 @@ us until its routes go) is judged by that server's own window. docs/OPERATING.md
 "Several servers".
 """
 
-import _thread
 import os
 import selectors
 import socket
@@ -293,18 +292,11 @@ class MultiClient(Client):
                 continue
             slot.resolving = True
 
-            def work(slot=slot):
-                try:
-                    slot.resolved = resolve(slot.host, slot.port)
-                except OSError as e:
-                    slot.resolved = e
+            def store(result, slot=slot):
+                slot.resolved = result
                 slot.resolving = False
-                try:
-                    os.write(self._wake_w.fileno(), b"r")
-                except OSError:
-                    pass
 
-            _thread.start_new_thread(work, ())
+            self.in_background(lambda slot=slot: resolve(slot.host, slot.port), store)
 
     def finish_resolve(self) -> None:
         for slot in getattr(self, "slots", ()):

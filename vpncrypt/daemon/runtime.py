@@ -3,6 +3,7 @@ signals, counters and drop logging. The role-specific packet handling lives in
 server.py and client.py; the protocol decisions in vpncrypt.protocol.
 """
 
+import _thread
 import collections
 import gc
 import ipaddress
@@ -307,6 +308,23 @@ class Runtime:
                 pass
         except BlockingIOError:
             pass
+
+    def in_background(self, work, store) -> None:
+        """Run `work()` in a thread, hand its result (or the OSError it raised) to
+        `store`, then wake the loop, whose `_on_wake` picks it up: a blocking call (a slow
+        resolver, a SYN into a black hole) must not stall the tunnel."""
+        def run():
+            try:
+                result = work()
+            except OSError as e:
+                result = e
+            store(result)
+            try:
+                os.write(self._wake_w.fileno(), b"w")
+            except OSError:
+                pass
+
+        _thread.start_new_thread(run, ())
 
     # -- loop ---------------------------------------------------------------------------------
 
