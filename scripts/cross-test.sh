@@ -5,7 +5,7 @@
 # builds the native extension inside it with the chroot's own gcc and OpenSSL,
 # runs the portable core tests there (AES-SIV vectors on both crypto paths,
 # packet vectors, the engine over loopback, the socket-filter program), then
-# one real tunnel: the emulated vpncryptd in one network namespace, the host's
+# real tunnels over UDP and TCP: the emulated vpncryptd in one network namespace, the host's
 # native one in another; ping both ways and a hash-checked transfer.
 # By hand, not in CI: a first run downloads ~150 MB and takes ~10-20 minutes.
 set -euo pipefail
@@ -99,7 +99,7 @@ echo "cross-test: $ARCH: core tests"
 core_rc=${PIPESTATUS[0]}
 tested=$(date +%s)
 if [ "${CROSS_NO_TUNNEL:-}" != 1 ]; then
-    echo "cross-test: $ARCH: one real tunnel, emulated server and native client"
+    echo "cross-test: $ARCH: real tunnels (UDP, then TCP), emulated server and native client"
     .venv/bin/python scripts/cross_tunnel.py "$ROOT" | tee ".cross/$ARCH.tunnel.log"
     tunnel_rc=${PIPESTATUS[0]}
 fi

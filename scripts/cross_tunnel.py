@@ -2,6 +2,8 @@
 
     python scripts/cross_tunnel.py CHROOT
 
+Two tunnels, one after the other: over UDP, then over TCP (`listen_tcp`, `transport =
+tcp`: frames whose lengths the big-endian CPU must write and read in network order).
 The server is the vpncryptd built inside CHROOT (a foreign-architecture Debian chroot,
 run by qemu-user), the client this checkout's native one; each in its own network
 namespace, joined by a veth link (the test harness of tests/vpnharness.py), both with
@@ -26,8 +28,8 @@ from vpnharness import (  # noqa: E402
 SIZE = 4 << 20  # bytes each way: enough for many full-size packets, quick under emulation
 
 
-def main(chroot: str) -> int:
-    chroot = os.path.abspath(chroot)
+def one_tunnel(chroot: str, transport: str) -> int:
+    print(f"cross tunnel over {transport.upper()}:")
     hosts: list[Netns] = []
     # The chroot sees the configs and logs at the same path as the host (a bind mount).
     tmp = tempfile.mkdtemp(prefix="vpncrypt-cross-")
@@ -47,7 +49,8 @@ def main(chroot: str) -> int:
         # needs no rtnetlink. That is also the only way on s390x: qemu-user's rtnetlink
         # translation garbles big-endian messages (even the chroot's own `ip link`
         # prints "!!!Deficit"), which a real big-endian kernel never does.
-        dep = Deployment(make_host, tmp, command=emulated, configure=False)
+        dep = Deployment(make_host, tmp, command=emulated, configure=False,
+                         tcp=(1,) if transport == "tcp" else ())
         # Not dep.start_server(): under emulation the start can take far longer than
         # the harness waits.
         server = dep.server = Daemon(dep.server_host, dep.server_conf, dep.log("server"),
@@ -85,10 +88,16 @@ def main(chroot: str) -> int:
             host.close()
         subprocess.run(["umount", "-l", inside], check=False)
     if failures:
-        print("cross tunnel FAILED:", "; ".join(failures), f"(logs in {tmp})")
+        print(f"cross tunnel over {transport.upper()} FAILED:", "; ".join(failures),
+              f"(logs in {tmp})")
         return 1
-    print("cross tunnel: ok")
+    print(f"cross tunnel over {transport.upper()}: ok")
     return 0
+
+
+def main(chroot: str) -> int:
+    chroot = os.path.abspath(chroot)
+    return max(one_tunnel(chroot, transport) for transport in ("udp", "tcp"))
 
 
 if __name__ == "__main__":
