@@ -158,7 +158,8 @@ cdef class Engine:
     Python builds it (peers, routes, fds), starts the two loops in two threads that
     release the GIL for good, reads events from `event_fd`, and stops it. Peers and
     routes may change only while the loops are stopped. The loops themselves are
-    tun_loop (_fast_send.pxi) and udp_loop (_fast_receive.pxi).
+    tun_loop (_fast_send.pxi) and udp_loop (_fast_receive.pxi), and, for TCP
+    connections, stream_loop (_fast_stream_read.pxi) in a third.
     """
 
     cdef readonly bint server
@@ -190,8 +191,10 @@ cdef class Engine:
     cdef Stream **streams             # by descriptor: the TCP connections (_fast_stream.pxi)
     cdef int nstreams
     cdef pthread_mutex_t rx_lock      # one receive path at a time: datagrams or frames
-    cdef uint8_t *stream_out          # feed_stream's plaintext buffer
-    cdef Coal stream_coal
+    cdef pthread_mutex_t live_lock    # the reader's poll set (stream_loop): live[:nlive]
+    cdef int *live
+    cdef int nlive, live_cap, live_gen
+    cdef int wake_r, wake_w           # wakes the reader when its poll set changes
     cdef int stopping
 
     def __cinit__(self):
@@ -211,8 +214,15 @@ cdef class Engine:
         if self.streams == NULL:
             raise MemoryError()
         pthread_mutex_init(&self.rx_lock, NULL)
-        self.stream_out = NULL
-        memset(&self.stream_coal, 0, sizeof(Coal))
+        pthread_mutex_init(&self.live_lock, NULL)
+        self.live, self.nlive, self.live_cap, self.live_gen = NULL, 0, 0, 0
+        cdef int ends[2]
+        cdef int k
+        if pipe(ends) != 0:
+            PyErr_SetFromErrno(OSError)
+        self.wake_r, self.wake_w = ends[0], ends[1]
+        for k in range(2):
+            fcntl(ends[k], F_SETFL, fcntl(ends[k], F_GETFL) | O_NONBLOCK)
 
     def __init__(self, bint server, int tun_fd, int sock_fd, int sock_family, int event_fd,
                  int stop_r, int frame_prefix=0, uint32_t server_id=0, int offload=0):
@@ -243,12 +253,16 @@ cdef class Engine:
             for i in range(self.nstreams):
                 if self.streams[i] != NULL:
                     pthread_mutex_destroy(&self.streams[i].lock)
+                    pthread_mutex_destroy(&self.streams[i].rlock)
                     free(self.streams[i].rest)
+                    free(self.streams[i].partial)
                     free(self.streams[i])
             free(self.streams)
         pthread_mutex_destroy(&self.rx_lock)
-        free(self.stream_out)
-        free(self.stream_coal.buf)
+        pthread_mutex_destroy(&self.live_lock)
+        free(self.live)
+        close_fd(self.wake_r)
+        close_fd(self.wake_w)
 
     # -- set-up (loops stopped) ------------------------------------------------------------
 
@@ -332,35 +346,78 @@ cdef class Engine:
 
     # -- TCP connections (_fast_stream.pxi; the Python side owns them) ----------------------
 
-    def stream_open(self, int fd):
-        """A connection the engine may seal into and open frames from."""
+    def stream_open(self, int fd, bytes partial=b""):
+        """A connection the engine may seal into and reads (its stream_loop thread);
+        `partial`: the start of a frame read before (from another engine)."""
         cdef Stream *s
+        cdef Py_ssize_t n = len(partial)
         if fd < 0 or fd >= self.nstreams:
             raise ValueError(f"descriptor {fd} is beyond the engine's table ({self.nstreams})")
+        if n > FRAME_PREFIX + MAX_DATAGRAM:
+            raise ValueError("a partial frame longer than a frame")
         s = self.streams[fd]
         if s == NULL:
             s = <Stream *>calloc(1, sizeof(Stream))
             if s == NULL:
                 raise MemoryError()
             pthread_mutex_init(&s.lock, NULL)
+            pthread_mutex_init(&s.rlock, NULL)
             self.streams[fd] = s   # never freed while the engine lives: no thread can
                                    # hold a pointer to freed memory
+        with nogil:
+            pthread_mutex_lock(&s.rlock)
+        if <size_t>n > s.partial_cap:
+            free(s.partial)
+            s.partial = <uint8_t *>malloc(n)
+            s.partial_cap = n if s.partial != NULL else 0
+        if n and s.partial != NULL:
+            memcpy(s.partial, <const uint8_t *>partial, n)
+        s.partial_len = n if s.partial != NULL else 0
+        s.last_rx = <uint32_t>clock_now(CLOCK_MONOTONIC)
+        s.reading = 1
         pthread_mutex_lock(&s.lock)
         s.open, s.rest_len = 1, 0
         pthread_mutex_unlock(&s.lock)
+        pthread_mutex_unlock(&s.rlock)
+        live_set(self, fd, 1)
+
+    def stream_partial(self, int fd):
+        """The start of a frame the last read cut (for the engine that takes over)."""
+        cdef Stream *s
+        if fd < 0 or fd >= self.nstreams or self.streams[fd] == NULL:
+            return b""
+        s = self.streams[fd]
+        with nogil:
+            pthread_mutex_lock(&s.rlock)
+        out = PyBytes_FromStringAndSize(<char *>s.partial, s.partial_len) if s.partial_len \
+            else b""
+        pthread_mutex_unlock(&s.rlock)
+        return out
+
+    def stream_last_rx(self, int fd):
+        """CLOCK_MONOTONIC seconds (time.monotonic()) of the connection's last read."""
+        if fd < 0 or fd >= self.nstreams or self.streams[fd] == NULL:
+            return 0
+        return self.streams[fd].last_rx
 
     def stream_close(self, int fd):
-        """Before the descriptor is closed: nothing writes to it any more, and no peer has
-        it as its endpoint (so a reused descriptor number never receives their packets)."""
+        """Before the descriptor is closed: nothing reads or writes it any more (a read
+        under way ends first), and no peer has it as its endpoint (so a reused
+        descriptor number never receives their packets)."""
         cdef Stream *s
         cdef Peer *p
         cdef int i
         if fd < 0 or fd >= self.nstreams or self.streams[fd] == NULL:
             return
         s = self.streams[fd]
-        pthread_mutex_lock(&s.lock)
-        s.open, s.rest_len = 0, 0
-        pthread_mutex_unlock(&s.lock)
+        with nogil:
+            pthread_mutex_lock(&s.rlock)
+            s.reading, s.partial_len = 0, 0
+            pthread_mutex_lock(&s.lock)
+            s.open, s.rest_len = 0, 0
+            pthread_mutex_unlock(&s.lock)
+            pthread_mutex_unlock(&s.rlock)
+            live_set(self, fd, 0)
         for i in range(self.npeers):
             p = self.peers[i]
             if p == NULL:
@@ -391,49 +448,6 @@ cdef class Engine:
             if s.open:
                 stream_flush_locked(s, fd)
             pthread_mutex_unlock(&s.lock)
-
-    def feed_stream(self, int fd, uint8_t[::1] data):
-        """Open the whole frames at the start of `data`, read from connection fd, as the
-        receive loop opens datagrams (the same checks, counters and events; the sender's
-        address is the connection). Returns the bytes consumed (a frame cut short waits
-        for the next read), or -1 when a length is impossible: the stream is garbage and
-        the caller closes it, having read no more than one frame's worth of it."""
-        cdef Py_ssize_t n = data.shape[0], off = 0, length
-        cdef sockaddr_storage ss
-        cdef socklen_t alen = stream_addr(fd, &ss)
-        cdef int bad = 0
-        cdef Coal *co = NULL
-        cdef double mono
-        cdef int64_t now_s
-        cdef uint8_t *base = &data[0] if n else NULL
-        if self.stream_out == NULL:
-            self.stream_out = <uint8_t *>malloc(HEADROOM + SLOT)
-            if self.stream_out == NULL:
-                raise MemoryError()
-        if self.offload & OFF_VNET:
-            if self.stream_coal.buf == NULL:
-                self.stream_coal.buf = <uint8_t *>malloc(HEADROOM + 65535)
-                if self.stream_coal.buf == NULL:
-                    raise MemoryError()
-            co = &self.stream_coal
-        with nogil:
-            pthread_mutex_lock(&self.rx_lock)
-            mono = clock_now(CLOCK_MONOTONIC)
-            now_s = <int64_t>(clock_now(VC_STEADY) + self.clock_offset)
-            while n - off >= FRAME_PREFIX:
-                length = (base[off] << 8) | base[off + 1]
-                if length < OVERHEAD + 1 or length > MAX_DATAGRAM:
-                    bad = 1
-                    break
-                if n - off - FRAME_PREFIX < length:
-                    break
-                on_datagram(self, base + off + FRAME_PREFIX, length, &ss, alen,
-                            self.stream_out, co, now_s, mono)
-                off += FRAME_PREFIX + length
-            if co != NULL:
-                flush_coal(self, co)
-            pthread_mutex_unlock(&self.rx_lock)
-        return -1 if bad else off
 
     def set_stream_endpoint(self, int idx, int fd):
         """Send this peer's packets as frames on connection fd (a TCP client's server)."""
@@ -553,6 +567,10 @@ cdef class Engine:
         with nogil:
             udp_loop(self)
 
+    def run_streams(self):
+        with nogil:
+            stream_loop(self)
+
     # -- the loops -----------------------------------------------------------------------
 
     cdef void emit(self, int kind, int reason, uint32_t client_id, const void *addr,
@@ -606,6 +624,7 @@ cdef class Engine:
 
 include "_fast_send.pxi"
 include "_fast_receive.pxi"
+include "_fast_stream_read.pxi"
 
 
 include "_fast_bench.pxi"

@@ -33,6 +33,7 @@ DEF EV_CONTROL = 1     # an authenticated keepalive or time-sync packet: kind, p
 DEF UNTRUSTED = 0x80   # in EV_CONTROL's kind: window_mark_untimed found no known run
 DEF EV_ENDPOINT = 2    # a client's endpoint changed (authenticated DATA from a new address)
 DEF EV_DROP = 3        # a sample of a dropped packet (rate-limited), for logs and diagnosis
+DEF EV_STREAM = 5     # a TCP connection ended (closed, broken, not frames): SE_*, errno
 DEF EV_TOO_BIG = 4     # a TUN packet over the tunnel MTU: Python answers with ICMP (rate-limited)
 DEF TOO_BIG_SAMPLE = 1232  # what ICMPv6 "packet too big" can quote within 1280 bytes
 DEF EV_HEADER = 8

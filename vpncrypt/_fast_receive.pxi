@@ -254,7 +254,7 @@ cdef void udp_loop(Engine self) noexcept nogil:
             got = recvmmsg(self.sock_fd, msgs, nmsg, MSG_DONTWAIT, NULL)
             if got <= 0:
                 break
-            pthread_mutex_lock(&self.rx_lock)   # feed_stream opens frames of TCP clients
+            pthread_mutex_lock(&self.rx_lock)   # stream_loop opens frames of TCP connections
             mono = clock_now(CLOCK_MONOTONIC)
             now_s = <int64_t>(clock_now(VC_STEADY) + self.clock_offset)
             saw_gro = 0

@@ -1,19 +1,27 @@
 # _fast_stream.pxi: TCP connections as endpoints (transport = tcp, listen_tcp). A frame is
 # a 2-byte big-endian length and one sealed packet (docs/PROTOCOL.md §4.1). The Python
-# side owns the connections (accept, connect, read, close); the engine opens the frames
-# Python read (feed_stream, through on_datagram like any datagram) and seals into the
-# connections (the send path's batches, and stream_send for Python's own packets). A
-# connection is an endpoint like a UDP address: a pseudo socket address of family
-# VC_AF_STREAM holding its descriptor, so roaming between connections (and between
-# transports) is the endpoint rule of the datagram path.
+# side owns the connections (accept, connect, the bounds on unauthenticated ones,
+# close); the engine reads them (stream_loop, a third thread: frames open through
+# on_datagram like any datagram) and seals into them (the send path's batches, and
+# stream_send for Python's own packets). A connection is an endpoint like a UDP
+# address: a pseudo socket address of family VC_AF_STREAM holding its descriptor, so
+# roaming between connections (and between transports) is the endpoint rule of the
+# datagram path. A connection's end (closed, broken, not frames) goes up as EV_STREAM.
 # Included by _fast.pyx, which stays the one extension module (routers pay per .so).
 
 from libc.string cimport memmove
+from posix.fcntl cimport fcntl, F_GETFL, F_SETFL, O_NONBLOCK
+from posix.unistd cimport pipe, close as close_fd
 
 DEF VC_AF_STREAM = 240      # no real address family: a connection's descriptor
 DEF STREAM_ADDR_LEN = 8     # the family, then the descriptor at offset 4
 DEF FRAME_PREFIX = 2
 DEF STREAM_REST = 131072    # the unsent end of frames a short write left (always < this)
+DEF STREAM_READ = 262144    # bytes one read takes from a connection
+# EV_STREAM reasons (daemon/streams.py): how a connection ended, as the reader saw it.
+DEF SE_CLOSED = 1           # the peer closed it
+DEF SE_ERROR = 2            # a read failed (the errno rides in the event's id field)
+DEF SE_GARBAGE = 3          # a length no packet can have: not a stream of frames
 
 cdef extern from "<sys/resource.h>" nogil:
     struct rlimit:
@@ -23,9 +31,15 @@ cdef extern from "<sys/resource.h>" nogil:
 
 cdef struct Stream:
     pthread_mutex_t lock            # one writer at a time: frames must follow whole
+    pthread_mutex_t rlock           # the reader, against stream_open/stream_close
     int open
+    int reading                     # in the reader's poll set (0 once it saw the end)
     uint8_t *rest                   # bytes of frames a short write could not send yet
     size_t rest_len
+    uint8_t *partial                # the start of a frame the last read cut (< one frame)
+    size_t partial_len, partial_cap
+    uint32_t last_rx                # CLOCK_MONOTONIC seconds of the last read (one word:
+                                    # Python reads it without a lock, on 32-bit CPUs too)
 
 
 cdef inline socklen_t stream_addr(int fd, sockaddr_storage *ss) noexcept nogil:

@@ -6,7 +6,7 @@
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp
-from libc.errno cimport errno, EAGAIN, EINTR, EIO, EINVAL
+from libc.errno cimport errno, EAGAIN, EINTR, EIO, EINVAL, ENOMEM
 from posix.unistd cimport read, write
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 
@@ -162,6 +162,7 @@ cdef extern from "<sys/socket.h>" nogil:
     int setsockopt(int fd, int level, int name, const void *value, socklen_t n)
     int sendmmsg(int fd, mmsghdr *vec, unsigned int vlen, int flags)
     ssize_t send(int fd, const void *buf, size_t n, int flags)
+    ssize_t recv(int fd, void *buf, size_t n, int flags)
     ssize_t sendmsg(int fd, const msghdr *m, int flags)
     int MSG_NOSIGNAL
     ssize_t sendto(int fd, const void *buf, size_t n, int flags, const void *addr,

@@ -102,10 +102,12 @@ class Client(Runtime):
         """Hand DATA packets to the native loop (again, after the socket was replaced)."""
         window = None
         if self.native is not None:
+            self.streams.detach_native()
             self.selector.unregister(self.native.events)
             self.native.close()
             window = self.native.engine.window_state(0)
-        self.native = fastpath.NativePath(self.tun, self.sock, False, self.config.server_id)
+        self.native = fastpath.NativePath(self.tun, self.sock, False, self.config.server_id,
+                                          streams=self.tcp)
         engine = self.native.engine
         # A rebuilt engine starts a fresh random counter, like a restart: the server
         # accepts it within a second.

@@ -1,7 +1,8 @@
 """The native data path (vpncrypt._fast.Engine) from the daemon's side: threads, events, senders.
 
 With the extension built, DATA packets never pass through Python: two native loops
-(TUN -> UDP and UDP -> TUN) run in threads that release the GIL for good. The
+(TUN -> UDP and UDP -> TUN), and a third that reads TCP connections where there are
+any (listen_tcp, transport = tcp), run in threads that release the GIL for good. The
 daemon's main loop keeps the rest: timers, the control socket, and the packets the
 engine hands up (keepalives, time sync, endpoint changes, samples of drops), which the
 sans-IO core decides exactly as in the Python loop. VPNCRYPT_LOOP=python keeps the
@@ -15,7 +16,9 @@ import sys
 
 from ..protocol import wire
 
-EV_CONTROL, EV_ENDPOINT, EV_DROP, EV_TOO_BIG = 1, 2, 3, 4
+EV_CONTROL, EV_ENDPOINT, EV_DROP, EV_TOO_BIG, EV_STREAM = 1, 2, 3, 4, 5
+# EV_STREAM's reasons: how the engine's reader saw a TCP connection end (_fast_stream.pxi).
+SE_CLOSED, SE_ERROR, SE_GARBAGE = 1, 2, 3
 UNTRUSTED = 0x80  # in an EV_CONTROL's kind: a time request from no run the window knows
 # The Engine's offload flags (_fast.pyx OFF_*) and the Linux UDP socket options behind two.
 OFF_VNET, OFF_GSO, OFF_GRO, OFF_USO = 1, 2, 4, 8
@@ -63,9 +66,10 @@ def socket_offloads(sock, tun_offloads) -> int:
 
 
 class NativePath:
-    """Owns the Engine, its two threads, the event socket and the stop pipe."""
+    """Owns the Engine, its threads, the event socket and the stop pipe. `streams`: the
+    daemon has TCP connections (the reader thread runs)."""
 
-    def __init__(self, tun, sock, server: bool, server_id: int):
+    def __init__(self, tun, sock, server: bool, server_id: int, streams: bool = False):
         from .. import _fast
 
         self.decode = _fast.Engine.decode_event
@@ -79,6 +83,7 @@ class NativePath:
                                    socket_offloads(sock, tun.offloads))
         self.threads = []
         self.tun_offloads = tun.offloads
+        self.streams = streams
 
     def offloads_in_use(self) -> list:
         flags = self.engine.offload
@@ -105,6 +110,8 @@ class NativePath:
         # _thread, not threading: the daemon needs no more than start and join, and
         # threading costs ~0.2 MB of resident memory. Each loop releases its lock at exit.
         self.threads = [_start(self.engine.run_tun_to_udp), _start(self.engine.run_udp_to_tun)]
+        if self.streams:
+            self.threads.append(_start(self.engine.run_streams))
 
     def stop(self) -> None:
         if not self.threads:

@@ -592,6 +592,8 @@ class Runtime:
         for event in self.native.drain():
             if event[0] == fastpath.EV_TOO_BIG:
                 self.icmp_too_big(event[4])
+            elif event[0] == fastpath.EV_STREAM:
+                self.streams.ended(event[3], event[1], event[2])
             else:
                 self.on_engine_event(*event)
 

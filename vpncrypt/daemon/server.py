@@ -137,7 +137,8 @@ class Server(Runtime):
         self.attach_filter()  # now with the client ids
         self.open_control()
         if fastpath.wanted(self.crypto_path):
-            self.native = fastpath.NativePath(self.tun, self.sock, True, cfg.server_id)
+            self.native = fastpath.NativePath(self.tun, self.sock, True, cfg.server_id,
+                                              streams=cfg.listen_tcp_host is not None)
             self.set_clock_base(self.clock_base)
             self.native_peers = {}
             self.sync_native()

@@ -13,6 +13,7 @@ full one drops whole frames, because TCP inside TCP must not queue (the inner fl
 retransmit; a queue only adds delay).
 """
 
+import os
 import selectors
 import socket
 import time
@@ -112,17 +113,45 @@ class Streams:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
         conn = Conn(sock, peer)
         self.conns[conn.fd] = conn
-        self.owner.selector.register(sock, selectors.EVENT_READ, lambda: self.on_readable(conn))
         if self.owner.native is not None:
-            self.owner.native.engine.stream_open(conn.fd)
+            self.owner.native.engine.stream_open(conn.fd)  # its reader thread reads it
+        else:
+            self.owner.selector.register(sock, selectors.EVENT_READ, lambda: self.on_readable(conn))
         return conn
 
     def attach_native(self) -> None:
-        """A (re)built engine learns the connections already open."""
-        for fd in self.conns:
-            self.owner.native.engine.stream_open(fd)
+        """A (re)built engine learns the connections already open, and reads them from
+        now on (with the start of a frame a read before it cut)."""
+        for conn in self.conns.values():
+            try:
+                self.owner.selector.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+            self.owner.native.engine.stream_open(conn.fd, conn.partial)
+            conn.partial = b""
+
+    def detach_native(self) -> None:
+        """Before an engine goes: what its reader holds of a frame stays with us."""
+        for conn in self.conns.values():
+            conn.partial = self.owner.native.engine.stream_partial(conn.fd)
+
+    def ended(self, addr, why: int, err: int) -> None:
+        """The engine's reader saw connection `addr` end (EV_STREAM)."""
+        from .fastpath import SE_CLOSED, SE_GARBAGE
+
+        conn = self.conns.get(addr[1]) if is_stream(addr) else None
+        if conn is None:
+            return
+        if why == SE_GARBAGE:
+            self.garbage += 1
+            self.close(conn, "not a stream of frames (impossible length)")
+        elif why == SE_CLOSED:
+            self.close(conn, "closed by the peer")
+        else:
+            self.close(conn, os.strerror(err) if err else "error")
 
     def on_readable(self, conn: Conn) -> None:
+        """The Python loop's read (the native loop reads in its own thread)."""
         buf, kept = self.buf, len(conn.partial)
         buf[:kept] = conn.partial
         try:
@@ -137,19 +166,15 @@ class Streams:
             return
         have = kept + n
         conn.last_rx = time.monotonic()
-        native = self.owner.native
-        if native is not None:
-            used = native.engine.feed_stream(conn.fd, memoryview(buf)[:have])
+        try:
+            packets, used = framing.split(memoryview(buf)[:have])
+        except framing.FrameError:
+            used = -1
         else:
-            try:
-                packets, used = framing.split(memoryview(buf)[:have])
-            except framing.FrameError:
-                used = -1
-            else:
-                for packet in packets:
-                    self.owner.handle_datagram(packet, conn.addr)
-                    if conn.fd not in self.conns:  # closed meanwhile (a newer connection)
-                        return
+            for packet in packets:
+                self.owner.handle_datagram(packet, conn.addr)
+                if conn.fd not in self.conns:  # closed meanwhile (a newer connection)
+                    return
         if used < 0:
             self.garbage += 1
             self.close(conn, "not a stream of frames (impossible length)")
@@ -193,6 +218,8 @@ class Streams:
     def tick(self, mono: float) -> None:
         native = self.owner.native
         for conn in list(self.conns.values()):
+            if native is not None:
+                conn.last_rx = max(conn.last_rx, native.engine.stream_last_rx(conn.fd))
             if not conn.authenticated and mono - conn.opened > UNAUTH_IDLE:
                 self.close(conn, f"not authenticated within {UNAUTH_IDLE:g} s")
             elif mono - conn.last_rx > IDLE_CLOSE:
