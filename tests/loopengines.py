@@ -29,8 +29,8 @@ def _ipv6(src: bytes, dst: bytes, payload: bytes) -> bytes:
 class LoopbackEngines:
     """Native engines on loopback UDP with a datagram socketpair standing in for each
     engine's TUN device (one packet per read and write, as a TUN gives), one event socket
-    and one stop pipe; a context manager that starts every loop and stops and closes it
-    all at exit."""
+    and one stop pipe; a context manager that starts every loop (the TCP reader too) and
+    stops and closes it all at exit."""
 
     def __init__(self, frame_prefix: int = 0):
         import os
@@ -71,7 +71,7 @@ class LoopbackEngines:
         import threading
 
         self.threads = [threading.Thread(target=run) for e in self.engines.values()
-                        for run in (e.run_tun_to_udp, e.run_udp_to_tun)]
+                        for run in (e.run_tun_to_udp, e.run_udp_to_tun, e.run_streams)]
         for t in self.threads:
             t.start()
         return self

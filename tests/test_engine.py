@@ -311,3 +311,83 @@ def test_forgeries_from_elsewhere_are_opened_at_the_roaming_rate():
         tun_test.settimeout(5)
         assert tun_test.recv(65536) == inner
         assert engine.peer_stats(index)["rx_packets"] == 1
+
+
+def test_tcp_frames_through_two_native_engines():
+    """The engines' own TCP reader (stream_loop) and frame writer over a real loopback
+    connection: packets both ways, a frame cut across writes, a partial frame handed to
+    another reader (stream_partial, as a rebuilt engine gets it), and each way a
+    connection ends going up as EV_STREAM (closed by the peer, impossible length). This runs on the emulated CPUs too (scripts/cross-test.sh): the
+    length prefix is network order whatever the CPU's."""
+    import socket
+    import struct
+    import time
+
+    from vpncrypt.daemon import fastpath
+    from vpncrypt.protocol import framing
+    from vpncrypt.protocol.session import ClientSession, ServerCore
+    from vpncrypt.protocol.wire import Kind
+
+    net = LoopbackEngines()
+    fast = net.fast
+    psk = bytes(range(32))
+    core = ServerCore(7, fast.SivContext)
+    core.set_client(1, psk)
+    client = ClientSession(1, 7, psk, fast.SivContext)
+    server, engine_c = net.add("s", True), net.add("c", False)
+    peer = core.peer(1)
+    index = server.add_peer(1, peer.sender.ctx, peer.receiver.ctx, 1000)
+    c_in, s_in = bytes([10, 9, 0, 2]), bytes([10, 9, 0, 1])
+    server.set_routes([(4, 32, c_in, index)])
+    engine_c.add_peer(1, client.sender.ctx, client.receiver.ctx, 5000)
+    engine_c.hold_tx = False
+    listener = socket.create_server(("127.0.0.1", 0))
+    c_sock = socket.create_connection(listener.getsockname())
+    s_sock, _ = listener.accept()
+    for s in (c_sock, s_sock):
+        s.setblocking(False)
+    engine_c.stream_open(c_sock.fileno())
+    engine_c.set_stream_endpoint(0, c_sock.fileno())
+    server.stream_open(s_sock.fileno())
+    server.set_stream_endpoint(index, s_sock.fileno())
+    tuns, events = net.tuns, net.events[1]
+    events.settimeout(5)
+
+    def stream_event():
+        while True:
+            kind, reason, errno_, addr, _ = fast.Engine.decode_event(events.recv(1 << 17))
+            if kind == fastpath.EV_STREAM:
+                return reason, addr
+
+    with net, listener:
+        for i in range(50):
+            up, down = _ipv4(c_in, s_in, b"up %d" % i), _ipv4(s_in, c_in, b"down %d" % i * 30)
+            tuns["c"][1].send(up)
+            tuns["s"][1].settimeout(5)
+            assert tuns["s"][1].recv(65536) == up
+            tuns["s"][1].send(down)
+            tuns["c"][1].settimeout(5)
+            assert tuns["c"][1].recv(65536) == down
+        # A frame the sender cuts in three writes (a tiny TCP window does that).
+        c_sock.setblocking(True)
+        one = _ipv4(c_in, s_in, b"cut")
+        frame = framing.frame(engine_c.seal(0, int(Kind.DATA), int(time.time()), one))
+        for piece in (frame[:1], frame[1:9], frame[9:]):
+            c_sock.sendall(piece)
+            time.sleep(0.05)
+        assert tuns["s"][1].recv(65536) == one
+        # What a reader holds of a frame goes to the next one whole.
+        frame = framing.frame(engine_c.seal(0, int(Kind.DATA), int(time.time()), one))
+        c_sock.sendall(frame[:10])
+        time.sleep(0.2)
+        assert server.stream_partial(s_sock.fileno()) == frame[:10]
+        # An impossible length: the server's reader stops and says so.
+        c_sock.sendall(frame[10:] + struct.pack(">H", 3) + bytes(40))
+        assert tuns["s"][1].recv(65536) == one
+        assert stream_event() == (fastpath.SE_GARBAGE, ("stream", s_sock.fileno()))
+        server.stream_close(s_sock.fileno())
+        # The peer closing its end: the client's reader says so.
+        s_sock.close()
+        assert stream_event() == (fastpath.SE_CLOSED, ("stream", c_sock.fileno()))
+        engine_c.stream_close(c_sock.fileno())
+    c_sock.close()
