@@ -237,7 +237,8 @@ def affinity(pid: int) -> str:
 def vpncrypt_thread_roles(pid: int) -> dict[int, str]:
     """Name vpncryptd's threads: the main thread is the pid; a native loop thread sits in
     poll() on [its input fd, stop pipe], so the first pollfd tells which loop it is
-    (TUN fd -> tun-to-udp, UDP socket -> udp-to-tun). Read while idle."""
+    (TUN fd -> tun-to-udp, UDP socket -> udp-to-tun, the stop pipe -> tcp-to-tun, the
+    reader of TCP connections). Read while idle."""
     roles = {}
     for tid in sorted(thread_ticks(pid)):
         if tid == pid:
@@ -256,6 +257,8 @@ def vpncrypt_thread_roles(pid: int) -> dict[int, str]:
                     role = "udp-to-tun"
                 elif "tun" in target:
                     role = "tun-to-udp"
+                elif target.startswith("pipe:"):
+                    role = "tcp-to-tun"
         except (OSError, ValueError, IndexError):
             pass
         roles[tid] = role
