@@ -37,6 +37,7 @@ cdef Py_ssize_t open_frames(Engine self, uint8_t *base, Py_ssize_t n,
     """Open the whole frames at base (under rx_lock); the bytes they took, or -1 at a
     length no packet can have."""
     cdef Py_ssize_t off = 0, length
+    cdef uint64_t written = self.tun_writes
     while n - off >= FRAME_PREFIX:
         length = (base[off] << 8) | base[off + 1]
         if length < OVERHEAD + 1 or length > MAX_DATAGRAM:
@@ -45,6 +46,11 @@ cdef Py_ssize_t open_frames(Engine self, uint8_t *base, Py_ssize_t n,
             break
         on_datagram(self, base + off + FRAME_PREFIX, length, ss, alen, out, co, now_s, mono)
         off += FRAME_PREFIX + length
+        # One read holds thousands of small frames: as udp_loop does, offer the core to
+        # a local reader of the TUN's packets before its receive buffer overflows.
+        if self.tun_writes - written >= YIELD_WRITES:
+            sched_yield()
+            written = self.tun_writes
     return off
 
 
