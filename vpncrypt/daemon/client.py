@@ -102,9 +102,9 @@ class Client(Runtime):
         """Hand DATA packets to the native loop (again, after the socket was replaced)."""
         window = None
         if self.native is not None:
-            self.streams.detach_native()
             self.selector.unregister(self.native.events)
             self.native.close()
+            self.streams.detach_native()  # its reader has stopped: what it holds is final
             window = self.native.engine.window_state(0)
         self.native = fastpath.NativePath(self.tun, self.sock, False, self.config.server_id,
                                           streams=self.tcp)

@@ -20,6 +20,7 @@ import time
 
 from ..protocol import framing
 from ..protocol.bucket import Bucket
+from .fastpath import SE_CLOSED, SE_GARBAGE
 from .logs import kv, log
 
 ACCEPT_RATE = 50.0  # new connections a second (burst as many)
@@ -137,8 +138,6 @@ class Streams:
 
     def ended(self, addr, why: int, err: int) -> None:
         """The engine's reader saw connection `addr` end (EV_STREAM)."""
-        from .fastpath import SE_CLOSED, SE_GARBAGE
-
         conn = self.conns.get(addr[1]) if is_stream(addr) else None
         if conn is None:
             return
