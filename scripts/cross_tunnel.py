@@ -62,6 +62,9 @@ def one_tunnel(chroot: str, transport: str) -> int:
         dep.start_client(1)
         print("emulated server:", *server.text().strip().splitlines()[:6], sep="\n  ")
         client = dep.client_host(1)
+        # The client holds data until its first time sync, which under emulation may take
+        # longer than the first pings wait: the checks start once the tunnel is up.
+        dep.wait_ping(client, SERVER_TUN4, timeout=60)
         for host, target in ((client, SERVER_TUN4), (client, SERVER_TUN6),
                              (dep.server_host, client_tun4(1)), (dep.server_host, client_tun6(1))):
             proc = dep.ping(host, target, count=5, check=False)
