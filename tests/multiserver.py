@@ -13,7 +13,7 @@ import os
 import time
 
 from netns import link
-from vpnharness import PORT, Daemon
+from vpnharness import PORT, Daemon, write_private
 
 from vpncrypt.protocol.keys import generate_key
 
@@ -43,11 +43,7 @@ class TwoServers:
         self.client = None
 
     def write(self, name: str, text: str) -> str:
-        path = os.path.join(self.tmp, name)
-        with open(path, "w") as f:
-            f.write(text)
-        os.chmod(path, 0o600)
-        return path
+        return write_private(self.tmp, name, text)
 
     def state_dir(self, name: str) -> str:
         return os.path.join(self.tmp, name + "-state")

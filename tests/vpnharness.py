@@ -90,6 +90,15 @@ class Daemon:
         return self.proc.wait(10)
 
 
+def write_private(directory: str, name: str, text: str) -> str:
+    """A configuration or key file only its owner may read (the daemon refuses others)."""
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+    return path
+
+
 class Deployment:
     def __init__(self, make_host, tmp_path, clients: int = 1, v6_underlay: bool = False,
                  keepalive: int = 5, server_id: int = 7, loop: str = "native",
@@ -126,11 +135,7 @@ class Deployment:
         self.clients = [None] * clients
 
     def write(self, name: str, text: str) -> str:
-        path = os.path.join(self.tmp, name)
-        with open(path, "w") as f:
-            f.write(text)
-        os.chmod(path, 0o600)
-        return path
+        return write_private(self.tmp, name, text)
 
     def server_text(self, clients=None) -> str:
         listen = f"[::]:{PORT}" if self.v6_underlay else f"0.0.0.0:{PORT}"

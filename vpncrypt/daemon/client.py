@@ -152,14 +152,20 @@ class Client(Runtime):
         """One datagram from the server through the sans-IO core (the Python loop). The
         native twin is _fast_receive.pxi on_datagram: tests/test_receive_rules.py feeds
         both one table."""
+        if self.over_control_budget(data, addr):
+            return
+        self.decided(self.session.open(data, self.now()), len(data), addr)
+
+    def over_control_budget(self, data, addr) -> bool:
+        """The native loop's control budget, at the same point: a keepalive or time
+        response for us over it is dropped (and counted) before any AES-SIV pass."""
         if (len(data) >= MIN_PACKET and data[0] in _CONTROL
                 and int.from_bytes(data[1:3], "big") == self.config.id
                 and not self.control_budget.take(time.time())):
-            # The native loop's control budget, at the same point.
             self.drop(self.counters, Drop.RATE_LIMITED, self.now(), addr, None,
                       "control packets over their budget")
-            return
-        self.decided(self.session.open(data, self.now()), len(data), addr)
+            return True
+        return False
 
     def decided(self, result, size: int, addr) -> None:
         """Act on the session's decision about one datagram of `size` bytes from the

@@ -21,9 +21,9 @@ import time
 
 from ..protocol.failover import Failover
 from ..protocol.session import ClientSession, Opened
-from ..protocol.wire import KEEPALIVE_BODY, MIN_PACKET, Drop, Kind
+from ..protocol.wire import KEEPALIVE_BODY, Kind
 from . import fastpath
-from .client import _CONTROL, Client, resolve
+from .client import Client, resolve
 from .keystate import install
 from .logs import kv, log
 from .runtime import BATCH, format_addr, steady
@@ -166,11 +166,7 @@ class MultiClient(Client):
             if slot is self.slot:  # moved to it since (the Python loop reads it now)
                 self.handle_datagram(data, addr)
                 continue
-            if (len(data) >= MIN_PACKET and data[0] in _CONTROL
-                    and int.from_bytes(data[1:3], "big") == self.config.id
-                    and not self.control_budget.take(time.time())):
-                self.drop(self.counters, Drop.RATE_LIMITED, self.now(), addr, None,
-                          "control packets over their budget")
+            if self.over_control_budget(data, addr):
                 continue
             now = self.now_of(slot)
             result = slot.session.open(data, now)
